@@ -1,0 +1,93 @@
+import json
+
+import pandas as pd
+import pytest
+
+from oid import demo_data, levels
+from oid.levels import Level, LevelSpec, make_levels
+
+COUNTS = {"/m/a": 10, "/m/b": 8, "/m/c": 8, "/m/d": 3}
+ALL = ["/m/a", "/m/b", "/m/c", "/m/d", "/m/e"]  # /m/e has no boxes
+
+
+def classes_of(spec):
+    return [(lv.kind, list(lv.classes)) for lv in spec.levels]
+
+
+def test_cut_by_count_ties_by_mid_empty_last():
+    spec = make_levels(COUNTS, [2], all_classes=ALL)
+    assert classes_of(spec) == [("count", ["/m/a", "/m/b"]),
+                                ("count", ["/m/c", "/m/d", "/m/e"])]
+    assert spec.level(2).class_index() == {"/m/c": 0, "/m/d": 1, "/m/e": 2}
+
+
+def test_several_sizes_and_exact_fit():
+    spec = make_levels(COUNTS, [1, 3])
+    assert classes_of(spec) == [("count", ["/m/a"]), ("count", ["/m/b", "/m/c", "/m/d"])]
+
+
+def test_sizes_larger_than_class_count_give_one_level():
+    assert classes_of(make_levels(COUNTS, [100])) == [("count", ["/m/a", "/m/b", "/m/c", "/m/d"])]
+
+
+def test_hard_and_parents_levels_are_taken_out_of_the_ranking():
+    spec = make_levels(COUNTS, [2], hard_classes=["/m/b"], parent_classes=["/m/a", "/m/b"])
+    # /m/b is hard (hard wins over parents), /m/a a parent: the count levels see c, d.
+    assert classes_of(spec) == [("count", ["/m/c", "/m/d"]), ("hard", ["/m/b"]),
+                                ("parents", ["/m/a"])]
+    assert spec.level_of("/m/a") == 3
+
+
+def test_unknown_hard_class():
+    with pytest.raises(ValueError, match="hard classes not among the classes: /m/zzz"):
+        make_levels(COUNTS, [2], hard_classes=["/m/zzz"])
+
+
+def test_bad_sizes():
+    with pytest.raises(ValueError, match="positive"):
+        make_levels(COUNTS, [0])
+
+
+def test_spec_round_trip_and_checks(tmp_path):
+    spec = make_levels(COUNTS, [2], all_classes=ALL)
+    path = str(tmp_path / "levels.json")
+    spec.save(path)
+    assert LevelSpec.load(path) == spec
+    assert json.load(open(path))["levels"][0] == {
+        "index": 1, "name": "level1", "kind": "count", "classes": ["/m/a", "/m/b"]}
+    with pytest.raises(ValueError, match="no level 3"):
+        spec.level(3)
+    with pytest.raises(ValueError, match="in level 1 and level 2"):
+        LevelSpec((Level(1, "count", ("/m/a",)), Level(2, "count", ("/m/a",))))
+    with pytest.raises(ValueError, match="version"):
+        LevelSpec.from_json({"version": 99, "levels": []})
+
+
+def test_level_table():
+    boxes = pd.DataFrame({
+        "ImageID": pd.Categorical(["i1", "i1", "i2", "i3", "i3", "i3"]),
+        "LabelName": pd.Categorical(["/m/a", "/m/b", "/m/a", "/m/c", "/m/c", "/m/d"]),
+    })
+    spec = make_levels({"/m/a": 2, "/m/b": 1, "/m/c": 2, "/m/d": 1}, [2])
+    table = levels.level_table(spec, boxes)
+    # level1 = {a, c}: boxes on i1, i2, i3 (4 boxes); level2 = {b, d}: i1, i3 (2 boxes).
+    assert table[["classes", "images", "boxes"]].values.tolist() == [[2, 3, 4], [2, 2, 2]]
+    assert table["boxes_per_image"].tolist() == pytest.approx([4 / 3, 1.0])
+
+
+def test_command_on_demo_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    demo_data.write_dataset(str(data), seed=3, images=30, test_images=2, progress=False)
+    out, plot = tmp_path / "levels.json", tmp_path / "levels.png"
+    assert levels.main(["--data_dir", str(data), "--level_sizes", "5", "--parents_level",
+                        "--out", str(out), "--plot", str(plot)]) == 0
+    spec = LevelSpec.load(str(out))
+    kinds = [lv.kind for lv in spec.levels]
+    assert kinds == ["count", "count", "parents"]
+    # Parents: the demo's classes with Subcategory children.
+    assert set(spec.level(3).classes) == {demo_data.POLYGON, demo_data.QUAD, demo_data.ROUND,
+                                          demo_data.SYMBOL}
+    assert sum(len(lv.classes) for lv in spec.levels) == len(demo_data.CLASSES)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "level kind" in printed and "parents" in printed
