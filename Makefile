@@ -22,6 +22,10 @@ demo: $(STAMP)
 	$(PY) -m oid.demo_data --out $(DEMO_OUT)/data --seed $(DEMO_SEED) --images $(DEMO_IMAGES)
 	$(PY) -m oid.levels --data_dir $(DEMO_OUT)/data --level_sizes 6 \
 	    --out $(DEMO_OUT)/levels.json --plot $(DEMO_OUT)/levels.png
+	$(PY) beam_jobs/make_records.py --data_dir $(DEMO_OUT)/data --levels_spec $(DEMO_OUT)/levels.json \
+	    --output_dir $(DEMO_OUT)/records --level all --max_side 320 --val_fraction 0.15 --log_every 0
+	$(PY) beam_jobs/make_records.py --data_dir $(DEMO_OUT)/data --output_dir $(DEMO_OUT)/records \
+	    --split test --max_side 320 --log_every 0
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15
@@ -31,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_labels.py
+	$(PY) benchmarks/bench_records.py
 
 # Bazel (Debian's offline bazel-bootstrap) over the same tests; pytest via
 # `make test` stays what CI runs. See third_party/bazel/README.md.

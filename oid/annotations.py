@@ -92,12 +92,15 @@ class ReadReport:
       rows: data rows kept.
       skipped: reason -> number of rows skipped for it.
       skipped_lines: (line, reason, detail) for the first MAX_LISTED skipped rows.
+      skipped_images: ImageID -> reason of its first skipped row (every skipped
+        row, no cap), so that callers can leave out partly annotated images.
     """
 
     path: str
     rows: int = 0
     skipped: Counter = dataclasses.field(default_factory=Counter)
     skipped_lines: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    skipped_images: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def num_skipped(self) -> int:
@@ -111,7 +114,8 @@ class ReadReport:
 
 
 def read_boxes(
-    path: str, classes: Container[str] | None = None, *, lenient: bool = False
+    path: str, classes: Container[str] | None = None, *, lenient: bool = False,
+    coord_dtype: type = np.float32, check_duplicates: bool = True,
 ) -> tuple[pd.DataFrame, ReadReport]:
     """Reads and validates a box CSV.
 
@@ -120,24 +124,33 @@ def read_boxes(
       classes: if given, every LabelName must be in it (a ClassTable, a
         Hierarchy or a set of MIDs).
       lenient: skip and count bad rows instead of raising.
+      coord_dtype: np.float32 (compact) or np.float64 (the exact decimal
+        values, as the challenge metric needs them: float32 rounding moves
+        IoUs that sit exactly on 0.5).
+      check_duplicates: treat a row repeating an earlier one as a problem.
+        Hierarchy-expanded files repeat rows legitimately.
 
     Returns:
       (frame, report). The frame has BOX_COLUMNS in that order: categorical
-      ImageID/Source/LabelName, float32 Confidence and XMin, XMax, YMin, YMax
-      (normalized), int8 flags; a RangeIndex.
+      ImageID/Source/LabelName, float32 Confidence, XMin, XMax, YMin, YMax
+      (normalized) of `coord_dtype`, int8 flags; a RangeIndex.
     """
-    return _read(path, BOX_COLUMNS, BOX_REQUIRED, classes, lenient, boxes=True)
+    return _read(path, BOX_COLUMNS, BOX_REQUIRED, classes, lenient, boxes=True,
+                 coord_dtype=coord_dtype, check_duplicates=check_duplicates)
 
 
 def read_image_labels(
-    path: str, classes: Container[str] | None = None, *, lenient: bool = False
+    path: str, classes: Container[str] | None = None, *, lenient: bool = False,
+    check_duplicates: bool = True,
 ) -> tuple[pd.DataFrame, ReadReport]:
     """Reads and validates an image-level label CSV.
 
     Returns (frame, report); the frame has LABEL_COLUMNS: categorical ImageID,
     Source, LabelName and float32 Confidence (1 present, 0 absent).
+    `check_duplicates` as in read_boxes.
     """
-    return _read(path, LABEL_COLUMNS, LABEL_REQUIRED, classes, lenient, boxes=False)
+    return _read(path, LABEL_COLUMNS, LABEL_REQUIRED, classes, lenient, boxes=False,
+                 check_duplicates=check_duplicates)
 
 
 def _read_header(path: str) -> list[str]:
@@ -149,7 +162,8 @@ def _read_header(path: str) -> list[str]:
     return [c.strip().strip('"') for c in text.split(",")]
 
 
-def _read(path, columns, required, classes, lenient, boxes):
+def _read(path, columns, required, classes, lenient, boxes, coord_dtype=np.float32,
+          check_duplicates=True):
     path = str(path)
     header = _read_header(path)
     missing = [c for c in required if c not in header]
@@ -169,7 +183,7 @@ def _read(path, columns, required, classes, lenient, boxes):
         return "skip"
 
     try:
-        table = _arrow_read(path, present, on_invalid_row, typed=True)
+        table = _arrow_read(path, present, on_invalid_row, typed=True, coord_dtype=coord_dtype)
     except pa.ArrowInvalid as e:
         # A value that does not convert (a word in a float column, say), or a
         # malformed row in strict mode: find the exact line the slow way.
@@ -183,10 +197,11 @@ def _read(path, columns, required, classes, lenient, boxes):
     if table is None:
         malformed.clear()
         table = _arrow_read(path, present, on_invalid_row, typed=False)
-    frame = _to_frame(table, present, columns, typed=table.schema.field("ImageID").type == _DICT)
+    frame = _to_frame(table, present, columns, typed=table.schema.field("ImageID").type == _DICT,
+                      coord_dtype=coord_dtype)
     del table
 
-    problems = _validate(frame, classes, boxes)
+    problems = _validate(frame, classes, boxes, check_duplicates)
     if malformed:
         report.skipped[MALFORMED] += len(malformed)
     if problems:
@@ -203,11 +218,14 @@ def _read(path, columns, required, classes, lenient, boxes):
                 continue
             bad[row] = True
             report.skipped[reason] += 1
+            report.skipped_images.setdefault(str(frame["ImageID"].iat[row]), reason)
             if len(report.skipped_lines) < MAX_LISTED:
                 report.skipped_lines.append((_line(row, row_to_line), reason, detail))
         frame = frame.loc[~bad].reset_index(drop=True)
     if malformed:
         lines = _malformed_lines(path, len(header))
+        for _, text in lines:
+            report.skipped_images.setdefault(text.split(",", 1)[0], MALFORMED)
         for line, text in lines[: max(0, MAX_LISTED - len(report.skipped_lines))]:
             report.skipped_lines.append((line, MALFORMED, _malformed_detail(text, len(header))))
         report.skipped_lines.sort()
@@ -215,10 +233,12 @@ def _read(path, columns, required, classes, lenient, boxes):
     return frame, report
 
 
-def _arrow_read(path, present, on_invalid_row, typed):
+def _arrow_read(path, present, on_invalid_row, typed, coord_dtype=np.float32):
     read_opts = pacsv.ReadOptions(block_size=64 << 20, use_threads=True)
     parse_opts = pacsv.ParseOptions(invalid_row_handler=on_invalid_row)
     types = {c: (_ARROW_TYPES[c] if typed else pa.string()) for c in present}
+    if typed:
+        types.update({c: pa.from_numpy_dtype(coord_dtype) for c in BOX_COORDS if c in types})
     convert = pacsv.ConvertOptions(
         column_types=types, include_columns=present,
         strings_can_be_null=False, quoted_strings_can_be_null=False)
@@ -227,7 +247,8 @@ def _arrow_read(path, present, on_invalid_row, typed):
                               convert_options=convert)
 
 
-def _to_frame(table: pa.Table, present, columns, typed: bool) -> pd.DataFrame:
+def _to_frame(table: pa.Table, present, columns, typed: bool,
+              coord_dtype=np.float32) -> pd.DataFrame:
     """Arrow table -> pandas with the documented dtypes, consuming `table`.
 
     On the slow path (typed=False, all strings) values that do not parse become
@@ -257,7 +278,8 @@ def _to_frame(table: pa.Table, present, columns, typed: bool) -> pd.DataFrame:
                 ok = values.notna() & (values == values.round()) & values.abs().le(127)
                 data[c] = np.where(ok, values.fillna(0), -128).astype(np.int8)
             else:
-                data[c] = values.to_numpy(np.float32, na_value=np.nan)
+                dtype = coord_dtype if c in BOX_COORDS else np.float32
+                data[c] = values.to_numpy(dtype, na_value=np.nan)
         frame = pd.DataFrame(data, copy=False)
     for c in columns:
         if c in present:
@@ -295,7 +317,8 @@ def _codes_where(cat: pd.Series, bad_categories: np.ndarray) -> np.ndarray:
     return np.flatnonzero(bad_categories[codes] & (codes >= 0))
 
 
-def _validate(frame: pd.DataFrame, classes, boxes: bool) -> list[tuple[int, str, str]]:
+def _validate(frame: pd.DataFrame, classes, boxes: bool,
+              check_duplicates: bool = True) -> list[tuple[int, str, str]]:
     """All problems as (row, reason, detail), sorted by row; a row may appear more than once."""
     problems: list[tuple[int, str, str]] = []
 
@@ -337,7 +360,8 @@ def _validate(frame: pd.DataFrame, classes, boxes: bool) -> list[tuple[int, str,
         add(np.flatnonzero(~np.isnan(v) & (v != 0) & (v != 1)), BAD_CONFIDENCE,
             lambda r: f"Confidence={float(v[r]):g}")
 
-    add(_duplicate_rows(frame), DUPLICATE, lambda r: "the same row appears earlier in the file")
+    if check_duplicates:
+        add(_duplicate_rows(frame), DUPLICATE, lambda r: "the same row appears earlier in the file")
     problems.sort(key=lambda p: p[0])
     return problems
 
@@ -356,7 +380,11 @@ def _pack(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _bits32(col: pd.Series) -> np.ndarray:
     if isinstance(col.dtype, pd.CategoricalDtype):
         return col.cat.codes.to_numpy()
-    return col.to_numpy().view(np.uint32)
+    values = col.to_numpy()
+    if values.dtype.itemsize == 8:  # float64 coordinates: fold to 32 bits (a hash input only)
+        wide = values.view(np.uint64)
+        return (wide ^ (wide >> np.uint64(32))).astype(np.uint32)
+    return values.view(np.uint32)
 
 
 def _duplicate_rows(frame: pd.DataFrame) -> np.ndarray:

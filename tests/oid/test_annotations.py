@@ -117,6 +117,7 @@ def test_line_numbers_survive_blank_and_malformed_lines(tmp_path):
         (6, annotations.MIN_GT_MAX, "XMin=0.5 > XMax=0.2"),
     ]
     assert len(frame) == 2
+    assert report.skipped_images == {"x": annotations.MALFORMED, "0001": annotations.MIN_GT_MAX}
     with pytest.raises(InputFileError, match=r"boxes.csv:4: malformed_row"):
         read_boxes(path, CLASSES)
 

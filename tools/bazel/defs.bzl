@@ -5,6 +5,8 @@
 # oid/BUILD.bazel and its label here.
 PY_LIBS = [
     "//oid",
+    "//tfrecords",
+    "//beam_jobs",
 ]
 
 # Data every pytest run needs: pytest's config (pyproject.toml), top-level and

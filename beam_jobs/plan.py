@@ -1,0 +1,202 @@
+"""Planning a level's records from the annotation tables (driver side, no Beam, no images).
+
+The plan says, for one level, which images go into its records, on which
+side of the train/val split, with which boxes and image-level labels and
+which repeat factor; which inputs are left out and why; and the level's val
+ground truth as official CSV rows for `python -m oid.metric`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from oid import split as oid_split
+from oid.annotations import ReadReport
+from oid.hierarchy import Hierarchy
+from oid.levels import Level
+from tfrecords.example import ImageAnnotation
+
+DOMINANT_FILTERED = "dominant_classes"
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanConfig:
+    """How a level's images are chosen and split.
+
+    Attributes:
+      val_fraction: share of images on the val side (by oid.split, per ImageID).
+      split_salt: changes the split for every level alike (default: none).
+      repeat_threshold: LVIS t; an image's repeat factor is the max over its
+        classes of max(1, sqrt(t / f_c)), f_c the share of the level's training
+        images that contain class c.
+      max_dominant_fraction: if set, training images where more than this share
+        of the level's boxes belong to the dominant classes are left out (the
+        original system's "compressed level").
+      dominant_classes: the dominant classes; default the top `dominant_top_k`
+        of the level by box count.
+    """
+
+    val_fraction: float = 0.1
+    split_salt: str = ""
+    repeat_threshold: float = 0.001
+    max_dominant_fraction: float | None = None
+    dominant_classes: tuple[str, ...] = ()
+    dominant_top_k: int = 1
+
+
+@dataclasses.dataclass
+class Plan:
+    """Attributes:
+      annotations: one per kept image, train and val, sorted by ImageID.
+      skipped: (ImageID, reason) of images left out because of bad annotation rows.
+      val_boxes, val_labels: the val images' ground truth in official columns
+        (boxes of the level's classes and their descendants; labels of every
+        class related to the level by Subcategory), unexpanded.
+      stats: counts describing the planning (filtered images, repeat factors).
+    """
+
+    annotations: list[ImageAnnotation]
+    skipped: list[tuple[str, str]]
+    val_boxes: pd.DataFrame
+    val_labels: pd.DataFrame
+    stats: dict
+
+
+def related_classes(level: Level, hierarchy: Hierarchy) -> set[str]:
+    """The level's classes with all their Subcategory ancestors and descendants.
+
+    Image-level labels of these classes decide which of the level's classes are
+    verified in an image once the official expansion has run (presence goes
+    up, absence goes down).
+    """
+    out = set(level.classes)
+    for mid in level.classes:
+        if mid in hierarchy:
+            out |= hierarchy.ancestors(mid) | hierarchy.descendants(mid)
+    return out
+
+
+def _mask(cat: pd.Series, wanted: set[str]) -> np.ndarray:
+    categories = cat.cat.categories
+    keep = np.fromiter((c in wanted for c in categories), dtype=bool, count=len(categories))
+    codes = cat.cat.codes.to_numpy()
+    return keep[codes] & (codes >= 0)
+
+
+def plan_level(
+    boxes: pd.DataFrame,
+    labels: pd.DataFrame,
+    level: Level,
+    hierarchy: Hierarchy,
+    config: PlanConfig,
+    reports: tuple[ReadReport, ...] = (),
+) -> Plan:
+    """Plans one level.
+
+    Args:
+      boxes, labels: frames from oid.annotations.read_boxes / read_image_labels.
+      level: the level (its classes in level-index order).
+      hierarchy: for the labels and ground truth related to the level.
+      config: split, repeat factor and filtering settings.
+      reports: the readers' reports; images with a skipped row are left out
+        whole (a partly annotated image would teach the model that an object
+        is background) and listed in `skipped`.
+    """
+    level_index = level.class_index()
+    skipped_images: dict[str, str] = {}
+    for report in reports:
+        for image_id, reason in report.skipped_images.items():
+            skipped_images.setdefault(image_id, reason)
+
+    in_level = _mask(boxes["LabelName"], set(level.classes))
+    lb = boxes.loc[in_level]
+    if skipped_images:
+        lb = lb.loc[~_mask(lb["ImageID"], set(skipped_images))]
+    image_ids = np.asarray(lb["ImageID"].astype(str))
+    mids = np.asarray(lb["LabelName"].astype(str))
+    order = np.argsort(image_ids, kind="stable")
+    image_ids, mids = image_ids[order], mids[order]
+    coords = lb[["YMin", "XMin", "YMax", "XMax"]].to_numpy(np.float64)[order]
+    flags = lb[["IsGroupOf", "IsOccluded", "IsTruncated", "IsDepiction"]].to_numpy(np.int64)[order]
+    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) \
+        else np.empty(0, np.int64)
+    ends = np.r_[starts[1:], len(image_ids)]
+    level_images = image_ids[starts]
+    is_val = oid_split.val_mask(level_images, config.val_fraction, config.split_salt)
+
+    # Image-level labels of related classes, for the kept images.
+    related = related_classes(level, hierarchy)
+    lab = labels.loc[_mask(labels["LabelName"], related) & _mask(labels["ImageID"],
+                                                                   set(level_images))]
+    image_labels: dict[str, list[tuple[str, int, float]]] = {}
+    for iid, mid, conf in zip(lab["ImageID"].astype(str), lab["LabelName"].astype(str),
+                              lab["Confidence"].to_numpy(np.float64), strict=True):
+        image_labels.setdefault(iid, []).append((mid, level_index.get(mid, -1), float(conf)))
+
+    # Dominant-class filter and class frequencies, over training images.
+    stats: dict = {"level_images": int(len(level_images)), "filtered": Counter()}
+    dominant: set[str] = set()
+    if config.max_dominant_fraction is not None:
+        if config.dominant_classes:
+            dominant = set(config.dominant_classes)
+        else:
+            counts = Counter(mids)
+            dominant = {m for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                        [: config.dominant_top_k]}
+        stats["dominant_classes"] = sorted(dominant)
+        stats["max_dominant_fraction"] = config.max_dominant_fraction
+    keep = np.ones(len(level_images), dtype=bool)
+    if dominant:
+        is_dom = np.fromiter((m in dominant for m in mids), dtype=bool, count=len(mids))
+        dom_share = np.add.reduceat(is_dom.astype(np.float64), starts) / (ends - starts) \
+            if len(starts) else np.empty(0)
+        keep &= is_val | (dom_share <= config.max_dominant_fraction)
+        stats["filtered"][DOMINANT_FILTERED] = int((~keep).sum())
+
+    train_sel = np.flatnonzero(keep & ~is_val)
+    class_images = Counter()
+    for i in train_sel:
+        class_images.update(set(mids[starts[i]:ends[i]]))
+    n_train = max(len(train_sel), 1)
+    repeat = {m: max(1.0, math.sqrt(config.repeat_threshold / (n / n_train)))
+              for m, n in class_images.items()} if config.repeat_threshold > 0 else {}
+
+    annotations = []
+    for i in np.flatnonzero(keep):
+        s, e = starts[i], ends[i]
+        iid = str(level_images[i])
+        image_mids = [str(m) for m in mids[s:e]]
+        f = flags[s:e]
+        split = "val" if is_val[i] else "train"
+        factor = max((repeat.get(m, 1.0) for m in image_mids), default=1.0) \
+            if split == "train" else 1.0
+        annotations.append(ImageAnnotation(
+            image_id=iid, split=split, boxes=coords[s:e].tolist(),
+            labels=[level_index[m] for m in image_mids], mids=image_mids,
+            group_of=f[:, 0].tolist(), occluded=f[:, 1].tolist(), truncated=f[:, 2].tolist(),
+            depiction=f[:, 3].tolist(), image_labels=sorted(image_labels.get(iid, [])),
+            repeat_factor=factor))
+
+    factors = np.array([a.repeat_factor for a in annotations if a.split == "train"])
+    stats["repeat_factor"] = {
+        "threshold": config.repeat_threshold,
+        "mean": float(factors.mean()) if len(factors) else 1.0,
+        "max": float(factors.max()) if len(factors) else 1.0,
+        "images_above_1": int((factors > 1).sum()),
+    }
+    stats["filtered"] = dict(stats["filtered"])
+
+    val_ids = {a.image_id for a in annotations if a.split == "val"}
+    gt_classes = set(level.classes)
+    for mid in level.classes:
+        if mid in hierarchy:
+            gt_classes |= hierarchy.descendants(mid)
+    val_boxes = boxes.loc[_mask(boxes["ImageID"], val_ids) & _mask(boxes["LabelName"], gt_classes)]
+    val_labels = labels.loc[_mask(labels["ImageID"], val_ids) & _mask(labels["LabelName"], related)]
+    skipped = sorted(skipped_images.items())
+    return Plan(annotations, skipped, val_boxes, val_labels, stats)

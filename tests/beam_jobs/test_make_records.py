@@ -1,0 +1,177 @@
+"""The records job end to end on a tiny dataset with one of each bad input."""
+
+import csv
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing import test_pipeline
+
+from beam_jobs import make_records
+from beam_jobs.plan import PlanConfig, plan_level
+from oid import split
+from oid.annotations import read_boxes, read_image_labels
+from oid.classes import load_classes
+from oid.hierarchy import load_hierarchy
+from tests.beam_jobs import fixtures as fx
+from tfrecords.decode import decode_example
+
+ARGS = {"max_side": 256, "jpeg_quality": 90, "num_shards": 2, "shard_size_mb": 150,
+        "log_every": 0}
+
+
+def read_records(level_dir, split_name):
+    files = sorted(glob.glob(os.path.join(level_dir, f"{split_name}-*.tfrecord")))
+    return {d["source_id"].numpy().decode(): d
+            for d in map(decode_example, tf.data.TFRecordDataset(files))}
+
+
+def plan_for(lay, level, val_fraction=0.5):
+    classes = load_classes(lay.classes)
+    boxes, br = read_boxes(lay.train_boxes, classes, lenient=True)
+    labels, lr = read_image_labels(lay.train_labels, classes, lenient=True)
+    return plan_level(boxes, labels, fx.SPEC.level(level), load_hierarchy(lay.hierarchy),
+                      PlanConfig(val_fraction=val_fraction), (br, lr))
+
+
+@pytest.fixture(scope="module")
+def level1(tmp_path_factory):
+    root = tmp_path_factory.mktemp("oid")
+    lay = fx.make_dataset(str(root / "data"))
+    out = str(root / "records" / "level1")
+    plan = plan_for(lay, 1)
+    image_dirs = {"train": lay.image_dir("train"), "test": lay.image_dir("test")}
+    labels_json = [{"index": i, "mid": m, "name": m} for i, m in enumerate(fx.SPEC.level(1).classes)]
+    stats = make_records.run_level(out, plan, image_dirs, make_records.SPLITS, labels_json,
+                                   test_pipeline.TestPipeline, ARGS)
+    return lay, out, plan, stats, image_dirs
+
+
+def test_every_feature_round_trips(level1):
+    _, out, plan, _, _ = level1
+    records = {**read_records(out, "train"), **read_records(out, "val")}
+    assert set(records) == set(fx.GOOD)
+    for ann in plan.annotations:
+        if ann.image_id not in records:
+            continue
+        d = records[ann.image_id]
+        np.testing.assert_allclose(d["boxes"].numpy(), np.array(ann.boxes).reshape(-1, 4),
+                                   rtol=1e-6)
+        assert d["classes"].numpy().tolist() == ann.labels
+        assert [m.decode() for m in d["mids"].numpy()] == ann.mids
+        assert d["group_of"].numpy().astype(int).tolist() == ann.group_of
+        assert d["occluded"].numpy().tolist() == ann.occluded
+        assert d["truncated"].numpy().tolist() == ann.truncated
+        assert [m.decode() for m in d["image_mids"].numpy()] == [m for m, _, _ in ann.image_labels]
+        h, w = d["height"].numpy(), d["width"].numpy()
+        assert d["image"].shape == (h, w, 3)
+        assert max(h, w) <= ARGS["max_side"]
+
+
+def test_sizes_and_conversions(level1):
+    _, out, _, stats, _ = level1
+    records = {**read_records(out, "train"), **read_records(out, "val")}
+    good2 = records["good2"]  # 640x480 -> 256x192
+    assert (good2["width"].numpy(), good2["height"].numpy()) == (256, 192)
+    assert (good2["original_width"].numpy(), good2["original_height"].numpy()) == (640, 480)
+    png1 = records["png1"]  # 200x100, not upscaled
+    assert (png1["width"].numpy(), png1["height"].numpy()) == (200, 100)
+    converted = {}
+    for s in stats["splits"].values():
+        for k, n in s["converted"].items():
+            converted[k] = converted.get(k, 0) + n
+    assert converted == {"cmyk": 1, "greyscale": 1, "not_jpeg": 1, "exif_rotated": 1}
+
+
+def test_exif_rotated_boxes_still_right(level1):
+    _, out, _, _, _ = level1
+    d = {**read_records(out, "train"), **read_records(out, "val")}["exif1"]
+    image = d["image"].numpy().astype(int)
+    h, w, _ = image.shape
+    assert (w, h) == (256, 192)  # displayed orientation, landscape
+    ymin, xmin, ymax, xmax = d["boxes"].numpy()[0]
+    inside = image[int(ymin * h) + 3:int(ymax * h) - 3, int(xmin * w) + 3:int(xmax * w) - 3]
+    outside = image[int(ymax * h) + 5:, int(xmax * w) + 5:]
+    assert np.abs(inside.mean(axis=(0, 1)) - [255, 0, 0]).max() < 30
+    assert np.abs(outside.mean(axis=(0, 1)) - [255, 255, 255]).max() < 30
+
+
+def test_each_bad_input_is_skipped_with_its_reason(level1):
+    _, out, _, stats, _ = level1
+    with open(os.path.join(out, "skipped.csv")) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["ImageID", "reason"]
+    assert dict(rows[1:]) == fx.BAD
+    assert stats["skipped"] == {r: 1 for r in fx.BAD.values()}
+
+
+def test_split_and_stats(level1):
+    _, out, _, stats, _ = level1
+    for name in ("train", "val"):
+        ids = read_records(out, name)
+        assert all(split.split_of(i, 0.5) == name for i in ids)
+        assert stats["splits"][name]["images"] == len(ids)
+    total_boxes = sum(s["boxes"] for s in stats["splits"].values())
+    assert total_boxes == 7  # good1: 2, good2/cmyk1/grey1/png1/exif1: 1 each
+    with open(os.path.join(out, "stats.json")) as f:
+        assert json.load(f) == stats
+    with open(os.path.join(out, "labels.json")) as f:
+        assert [e["mid"] for e in json.load(f)] == [fx.DOG, fx.CAT]
+
+
+def test_shards_and_no_leftovers(level1):
+    _, out, _, _, _ = level1
+    names = sorted(os.listdir(out))
+    assert [n for n in names if n.endswith(".tfrecord")] == [
+        "train-00000-of-00002.tfrecord", "train-00001-of-00002.tfrecord",
+        "val-00000-of-00002.tfrecord", "val-00001-of-00002.tfrecord"]
+    assert not [n for n in names if n.startswith(("beam-temp", "_plan"))]
+
+
+def test_val_ground_truth_csvs(level1):
+    lay, out, _, _, _ = level1
+    classes = load_classes(lay.classes)
+    boxes, report = read_boxes(os.path.join(out, "val-bbox.csv"), classes)
+    labels, _ = read_image_labels(os.path.join(out, "val-image-labels.csv"), classes)
+    val_ids = set(read_records(out, "val"))
+    assert set(boxes["ImageID"].astype(str)) == val_ids
+    assert report.num_skipped == 0
+    assert set(labels["ImageID"].astype(str)) <= val_ids
+
+
+def test_rerun_leaves_no_partial_or_stale_shards(level1, tmp_path):
+    lay, _, _, _, image_dirs = level1
+    out = str(tmp_path / "level1")
+    os.makedirs(os.path.join(out, "beam-temp-train-deadbeef"))
+    for name in ("train-00000-of-00007.tfrecord", "beam-temp-train-deadbeef/partial"):
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(b"half a shard")
+    plan = plan_for(lay, 1)
+    make_records.run_level(out, plan, image_dirs, make_records.SPLITS, None, test_pipeline.TestPipeline,
+                           {**ARGS, "num_shards": 1})
+    assert sorted(n for n in os.listdir(out) if n.endswith(".tfrecord") or "beam" in n) == [
+        "train-00000-of-00001.tfrecord", "val-00000-of-00001.tfrecord"]
+    assert set(read_records(out, "train")) | set(read_records(out, "val")) == set(fx.GOOD)
+
+
+def test_command_line_level_and_test_split(tmp_path):
+    lay = fx.make_dataset(str(tmp_path / "data"))
+    out = str(tmp_path / "records")
+    common = ["make_records", f"--data_dir={lay.data_dir}", f"--output_dir={out}",
+              "--runner=DirectRunner", "--max_side=128", "--num_shards=1", "--val_fraction=0.5"]
+    results = make_records.run(common + ["--level=2"])
+    # Level 2 (Car, Animal) has only car boxes among its classes: good2, car1.
+    level2 = os.path.join(out, "level2")
+    ids = set(read_records(level2, "train")) | set(read_records(level2, "val"))
+    assert ids == {"good2", "car1"}
+    assert results["level2"]["splits"]
+    results = make_records.run(common + ["--split=test"])
+    test_ids = set(read_records(os.path.join(out, "test"), "test"))
+    assert test_ids == {"test1", "test2"}
+    with open(os.path.join(out, "test", "skipped.csv")) as f:
+        assert list(csv.reader(f))[1:] == [["bad name", "bad_image_id"]]
+    d = read_records(os.path.join(out, "test"), "test")["test1"]
+    assert d["boxes"].shape == (0, 4)
