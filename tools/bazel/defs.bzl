@@ -7,6 +7,7 @@ PY_LIBS = [
     "//oid",
     "//tfrecords",
     "//beam_jobs",
+    "//model",
 ]
 
 # Data every pytest run needs: pytest's config (pyproject.toml), top-level and

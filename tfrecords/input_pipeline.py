@@ -1,0 +1,235 @@
+"""The tf.data input pipeline: shards -> batches of images, padded boxes and image_info.
+
+    files (sharded per input pipeline) -> parallel interleave -> [cache] -> [repeat]
+    -> [repeat-factor sampling] -> shuffle -> parse + decode + [flip, scale jitter]
+    -> resize + pad -> batch -> [anchor labeling] -> prefetch
+
+Every stage is a tensor function; preprocess_example runs eagerly as well as
+inside tf.data. Randomness is stateless and keyed on (seed, element index),
+so a seeded pipeline gives the same batches whatever the parallelism.
+
+Per image, the model receives (shapes before batching):
+  image:      [H, W, 3] uint8, the resized image at the top-left of a zero canvas;
+              H = W = output_size (image_max_side rounded up to a multiple of 128).
+  boxes:      [max_boxes, 4] float32 (ymin, xmin, ymax, xmax) pixels of `image`; padding rows 0.
+  classes:    [max_boxes] int32 level-local class ids; padding rows -1.
+  group_of:   [max_boxes] bool.
+  num_boxes:  [] int32 real rows (boxes beyond max_boxes are dropped, first kept).
+  image_info: [4, 2] float32 [[decoded height, width], [scaled height, width],
+              [y scale, x scale], [y offset, x offset]]: a box in `image` pixels maps back to
+              the decoded image as (box + offset) / scale, and to normalized coordinates by
+              dividing by the decoded size.
+  source_id:  [] string ImageID.
+and, with label_in_pipeline, cls_targets [A] int32 and box_targets [A, 4] float32
+(model/labeler.py). Nothing per class per anchor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import tensorflow as tf
+
+from model.anchors import AnchorConfig, generate_anchors
+from model.labeler import LabelerConfig, label_anchors, label_batch
+from tfrecords import features as F
+from tfrecords.decode import decode_example
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class InputConfig:
+    """Attributes:
+      file_pattern: glob (or comma-separated globs) of TFRecord shards; local or gs://.
+      is_training: shuffle, repeat, augment.
+      global_batch_size: summed over replicas.
+      image_min_side, image_max_side: resize so the short side is min_side unless the long
+        side would exceed max_side (aspect kept).
+      max_boxes: ground-truth rows per image after padding.
+      flip: random horizontal flip (training only).
+      scale_jitter: (low, high) multiplier of the resize scale (training only); (1, 1) is off.
+        Images scaled beyond the canvas are randomly cropped.
+      shuffle_buffer: examples.
+      repeat_factor_sampling: repeat each image per epoch by its stored LVIS factor r:
+        floor(r) times plus once more with probability r - floor(r).
+      cache: cache the raw records in memory after the first pass (small data).
+      label_in_pipeline: compute anchor targets in tf.data instead of the train step.
+      seed: makes order and augmentation deterministic; None for the fastest
+        non-deterministic pipeline.
+    """
+
+    file_pattern: str
+    is_training: bool = True
+    global_batch_size: int = 8
+    image_min_side: int = 768
+    image_max_side: int = 1024
+    max_boxes: int = 100
+    flip: bool = True
+    scale_jitter: tuple[float, float] = (1.0, 1.0)
+    shuffle_buffer: int = 512
+    repeat_factor_sampling: bool = False
+    cache: bool = False
+    label_in_pipeline: bool = False
+    seed: int | None = None
+    anchors: AnchorConfig = AnchorConfig()
+    labeler: LabelerConfig = LabelerConfig()
+
+    @property
+    def output_size(self) -> int:
+        """Side of the square canvas: image_max_side rounded up to a multiple of 128
+        (the stride of P7), so every FPN level tiles it exactly."""
+        return int(math.ceil(self.image_max_side / 128) * 128)
+
+
+def _stateless_seed(seed, index, salt):
+    return tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + salt, tf.cast(index, tf.int64)])
+
+
+def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> dict:
+    """One serialized record -> the per-image dict described in the module docstring.
+
+    `index` keys the stateless augmentation randomness (with config.seed).
+    """
+    d = decode_example(serialized)
+    image = d["image"]
+    boxes = d["boxes"]  # normalized
+    classes = d["classes"]
+    group_of = d["group_of"]
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    train = config.is_training
+    seed = 0 if config.seed is None else config.seed
+
+    if train and config.flip:
+        flip = tf.random.stateless_uniform([], _stateless_seed(seed, index, 1)) < 0.5
+        image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
+        ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+        flipped = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
+        boxes = tf.cond(flip, lambda: flipped, lambda: boxes)
+
+    # Resize scale: short side to min_side, long side at most max_side.
+    short, long = tf.reduce_min(size), tf.reduce_max(size)
+    scale = tf.minimum(config.image_min_side / short, config.image_max_side / long)
+    if train and tuple(config.scale_jitter) != (1.0, 1.0):
+        low, high = config.scale_jitter
+        scale *= tf.random.stateless_uniform([], _stateless_seed(seed, index, 2), low, high)
+    scaled = tf.maximum(tf.round(size * scale), 1.0)
+    image = tf.image.resize(image, tf.cast(scaled, tf.int32), method="bilinear")
+    out = float(config.output_size)
+
+    # Crop to the canvas when jitter made the image larger; the offset is random in training.
+    excess = tf.maximum(scaled - out, 0.0)
+    if train:
+        u = tf.random.stateless_uniform([2], _stateless_seed(seed, index, 3))
+        offset = tf.floor(u * (excess + 1.0))
+    else:
+        offset = tf.zeros([2])
+    visible = tf.minimum(scaled, out)
+    oi = tf.cast(offset, tf.int32)
+    vi = tf.cast(visible, tf.int32)
+    image = image[oi[0]:oi[0] + vi[0], oi[1]:oi[1] + vi[1], :]
+    image = tf.image.pad_to_bounding_box(image, 0, 0, config.output_size, config.output_size)
+    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+    # Boxes to canvas pixels; drop those the crop removed.
+    pixel = boxes * tf.tile(scaled, [2]) - tf.tile(offset, [2])
+    pixel = tf.clip_by_value(pixel, 0.0, tf.tile(visible, [2]))
+    keep = ((pixel[:, 2] - pixel[:, 0]) > 0.5) & ((pixel[:, 3] - pixel[:, 1]) > 0.5)
+    pixel = tf.boolean_mask(pixel, keep)
+    classes = tf.boolean_mask(classes, keep)
+    group_of = tf.boolean_mask(group_of, keep)
+
+    n = tf.minimum(tf.shape(pixel)[0], config.max_boxes)
+    pad = config.max_boxes - n
+    image_info = tf.stack([size, scaled, tf.stack([scale, scale]), offset])
+    return {
+        "image": tf.ensure_shape(image, [config.output_size, config.output_size, 3]),
+        "boxes": tf.ensure_shape(tf.pad(pixel[:n], [[0, pad], [0, 0]]), [config.max_boxes, 4]),
+        "classes": tf.ensure_shape(tf.pad(classes[:n], [[0, pad]], constant_values=-1),
+                                   [config.max_boxes]),
+        "group_of": tf.ensure_shape(tf.pad(group_of[:n], [[0, pad]]), [config.max_boxes]),
+        "num_boxes": n,
+        "image_info": image_info,
+        "source_id": d["source_id"],
+    }
+
+
+def _repeat_count(serialized, seed, index):
+    """Copies of an image this epoch: floor(r) plus one with probability frac(r)."""
+    r = tf.io.parse_single_example(
+        serialized, {F.REPEAT_FACTOR: tf.io.FixedLenFeature([], tf.float32, 1.0)})[F.REPEAT_FACTOR]
+    whole = tf.floor(r)
+    extra = tf.random.stateless_uniform([], _stateless_seed(seed, index, 4)) < r - whole
+    return tf.cast(whole, tf.int64) + tf.cast(extra, tf.int64)
+
+
+def list_files(file_pattern: str) -> list[str]:
+    files = []
+    for pattern in file_pattern.split(","):
+        found = sorted(tf.io.gfile.glob(pattern.strip()))
+        if not found:
+            raise FileNotFoundError(f"no TFRecord files match {pattern!r}")
+        files += found
+    return files
+
+
+def build_dataset(config: InputConfig,
+                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+    """The batched dataset for one input pipeline (one per worker under a strategy).
+
+    With an InputContext the files are split between input pipelines (or, with
+    fewer files than pipelines, the records are) and the batch is the
+    per-replica batch size.
+    """
+    files = list_files(config.file_pattern)
+    batch = config.global_batch_size
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None:
+        batch = input_context.get_per_replica_batch_size(config.global_batch_size)
+    shard_files = input_context is not None and input_context.num_input_pipelines > 1 \
+        and len(files) >= input_context.num_input_pipelines
+    if shard_files:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    seed = config.seed
+    deterministic = True if seed is not None else None  # None: tf.data's default
+    if config.is_training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    if input_context is not None and input_context.num_input_pipelines > 1 and not shard_files:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if config.cache:
+        ds = ds.cache()
+    if config.is_training:
+        ds = ds.repeat()
+    base_seed = 0 if seed is None else seed
+    if config.is_training and config.repeat_factor_sampling:
+        ds = ds.enumerate().flat_map(lambda i, s: tf.data.Dataset.from_tensors(s).repeat(
+            _repeat_count(s, base_seed, i)))
+    if config.is_training:
+        ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    anchors = tf.constant(generate_anchors(config.output_size, config.output_size,
+                                           config.anchors)) if config.label_in_pipeline else None
+
+    def prepare(i, s):
+        example = preprocess_example(s, config, i)
+        if anchors is not None:  # per image, so tf.data runs the labeling in parallel
+            example["cls_targets"], example["box_targets"] = label_anchors(
+                anchors, example["boxes"], example["classes"], example["num_boxes"],
+                example["group_of"], config.labeler)
+        return example
+
+    ds = ds.enumerate().map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch, drop_remainder=config.is_training)
+    options = tf.data.Options()
+    options.deterministic = seed is not None
+    options.experimental_optimization.map_parallelization = True
+    return ds.with_options(options).prefetch(AUTOTUNE)
+
+
+def add_targets(batch: dict, anchors: tf.Tensor, labeler: LabelerConfig | None = None) -> dict:
+    """Adds cls_targets [B, A] and box_targets [B, A, 4] to a batch (in tf.data or a train step)."""
+    cls_t, box_t = label_batch(anchors, batch["boxes"], batch["classes"], batch["num_boxes"],
+                               batch["group_of"], labeler or LabelerConfig())
+    return {**batch, "cls_targets": cls_t, "box_targets": box_t}
