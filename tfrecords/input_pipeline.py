@@ -155,6 +155,23 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
     }
 
 
+def inference_canvas(image: tf.Tensor, config: InputConfig) -> tuple[tf.Tensor, tf.Tensor]:
+    """A decoded [h, w, 3] uint8 image -> (canvas [S, S, 3] uint8, image_info [4, 2]) exactly
+    as preprocess_example builds them in evaluation (no flip, jitter or crop)."""
+    size = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(config.image_min_side / tf.reduce_min(size),
+                       config.image_max_side / tf.reduce_max(size))
+    scaled = tf.maximum(tf.round(size * scale), 1.0)
+    out = float(config.output_size)
+    visible = tf.cast(tf.minimum(scaled, out), tf.int32)
+    resized = tf.image.resize(image, tf.cast(scaled, tf.int32), method="bilinear")
+    resized = resized[:visible[0], :visible[1], :]
+    canvas = tf.image.pad_to_bounding_box(resized, 0, 0, config.output_size, config.output_size)
+    canvas = tf.cast(tf.clip_by_value(tf.round(canvas), 0, 255), tf.uint8)
+    info = tf.stack([size, scaled, tf.stack([scale, scale]), tf.zeros([2])])
+    return tf.ensure_shape(canvas, [config.output_size, config.output_size, 3]), info
+
+
 def _repeat_count(serialized, seed, index):
     """Copies of an image this epoch: floor(r) plus one with probability frac(r)."""
     r = tf.io.parse_single_example(

@@ -206,3 +206,13 @@ def test_cache(tmp_path):
     os.remove(path)  # the second pass reads the cache
     b = [b["image"].numpy() for b in ds]
     np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_inference_canvas_matches_the_eval_pipeline():
+    from tfrecords.input_pipeline import inference_canvas
+
+    config = InputConfig("unused", is_training=False, **SMALL)
+    expected = preprocess_example(tf.constant(RECORD), config)
+    canvas, info = inference_canvas(tf.constant(PIXELS), config)
+    np.testing.assert_array_equal(canvas.numpy(), expected["image"].numpy())
+    np.testing.assert_allclose(info.numpy(), expected["image_info"].numpy())

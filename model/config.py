@@ -1,0 +1,66 @@
+"""Model, loss and post-processing configuration: frozen dataclasses built once from flags."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from model.anchors import AnchorConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Attributes:
+      num_classes: the level's classes.
+      backbone: a key of model.backbones.BACKBONES.
+      backbone_weights: local weights file for the backbone (e.g. ImageNet), or None.
+      image_size: side of the square input canvas, pixels (multiple of 128).
+      head_norm: "group", "batch" or "none" in the heads.
+      prior: initial foreground probability of every anchor (focal loss prior).
+      freeze_backbone: train only FPN and heads.
+      freeze_backbone_bn: run the backbone's BatchNorm layers in inference mode (their
+        statistics are unreliable at detection batch sizes and differ between replicas).
+    """
+
+    num_classes: int
+    backbone: str = "resnet50"
+    backbone_weights: str | None = None
+    image_size: int = 1024
+    fpn_channels: int = 256
+    head_convs: int = 4
+    head_channels: int = 256
+    head_norm: str = "group"
+    prior: float = 0.01
+    anchors: AnchorConfig = AnchorConfig()
+    freeze_backbone: bool = False
+    freeze_backbone_bn: bool = True
+
+    def __post_init__(self):
+        if self.image_size % 128:
+            raise ValueError(f"image_size must be a multiple of 128, got {self.image_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Focal loss (alpha, gamma) plus a box loss on positive anchors, both normalized by the
+    number of positive anchors over the global batch.
+
+    box_loss: "smooth_l1" (beta = box_delta; keras-retinanet's sigma 3 is beta 1/9) or
+    "huber" (delta = box_delta).
+    """
+
+    alpha: float = 0.25
+    gamma: float = 2.0
+    box_loss: str = "smooth_l1"
+    box_delta: float = 1.0 / 9.0
+    box_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """score_threshold: drop scores below; pre_nms_top_k: (anchor, class) candidates kept per
+    image before NMS; nms_iou: per-class NMS threshold; max_detections: per image."""
+
+    score_threshold: float = 0.05
+    pre_nms_top_k: int = 5000
+    nms_iou: float = 0.5
+    max_detections: int = 300

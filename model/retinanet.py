@@ -1,0 +1,63 @@
+"""RetinaNet: backbone -> FPN -> shared heads; and its inference model on the same weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+from keras import layers
+
+from model.backbones import build_backbone
+from model.config import ModelConfig, PostprocessConfig
+from model.fpn import FeaturePyramid
+from model.heads import RetinaNetHead, prior_bias
+from model.postprocess import DetectionDecoder
+
+
+def build_retinanet(config: ModelConfig) -> keras.Model:
+    """Training model: uint8 [B, S, S, 3] canvas -> {"cls_logits": [B, A, K] float32,
+    "box_deltas": [B, A, 4] float32}, anchors in model/anchors.py order."""
+    size = config.image_size
+    image = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = layers.Activation("linear", dtype="float32", name="to_float")(
+        keras.ops.cast(image, "float32"))
+    backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights)
+    if config.freeze_backbone:
+        backbone.trainable = False
+    elif config.freeze_backbone_bn:
+        for layer in _all_layers(backbone):
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False  # Keras 3: also runs it in inference mode
+    features = FeaturePyramid(config.fpn_channels, name="fpn")(backbone(x))
+    k = config.anchors.anchors_per_location
+    levels = len(config.anchors.levels)
+    cls = RetinaNetHead(config.num_classes, k, config.head_convs, config.head_channels,
+                        config.head_norm, levels, prior_bias(config.prior), name="class_head")
+    box = RetinaNetHead(4, k, config.head_convs, config.head_channels, config.head_norm, levels,
+                        name="box_head")
+    outputs = {"cls_logits": cls(features), "box_deltas": box(features)}
+    return keras.Model(image, outputs, name="retinanet")
+
+
+def build_inference_model(model: keras.Model, config: ModelConfig,
+                          post: PostprocessConfig = PostprocessConfig()) -> keras.Model:
+    """Detection model sharing `model`'s weights: (image [B, S, S, 3] uint8, image_info
+    [B, 4, 2]) -> {"boxes" [B, M, 4] normalized to the original image, (ymin, xmin, ymax, xmax);
+    "scores" [B, M]; "classes" [B, M] int32 level-local ids; "num_detections" [B]}."""
+    size = config.image_size
+    image = keras.Input((size, size, 3), dtype="uint8", name="image")
+    image_info = keras.Input((4, 2), dtype="float32", name="image_info")
+    raw = model(image, training=False)
+    decoder = DetectionDecoder(size, dataclasses.asdict(config.anchors), dataclasses.asdict(post),
+                               name="detections")
+    return keras.Model([image, image_info],
+                       decoder(raw["cls_logits"], raw["box_deltas"], image_info),
+                       name="retinanet_inference")
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer

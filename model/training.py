@@ -1,0 +1,330 @@
+"""The custom training loop: one code path for every tf.distribute strategy.
+
+Keras 3's Model.fit does not run under MultiWorkerMirroredStrategy
+(keras-team/keras#20585); a loop over strategy.run with the same Keras model
+does, and also runs under MirroredStrategy, OneDeviceStrategy and the default
+strategy. Checkpoints hold the model, the optimizer, the step and the
+learning-rate controller, so a killed run restarted with the same command
+resumes where its last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from model.anchors import generate_anchors
+from model.config import LossConfig, ModelConfig
+from model.labeler import LabelerConfig
+from model.losses import num_positives, retinanet_loss
+from tfrecords.input_pipeline import add_targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Attributes:
+      optimizer: "adam" (the original: Adam 1e-4, clipnorm 0.001) or "adamw".
+      schedule: "plateau" (x plateau_factor when the epoch loss has not improved for
+        plateau_patience epochs, floor min_learning_rate) or "cosine" (linear warm-up over
+        warmup_steps, then cosine decay to min_learning_rate).
+      clipnorm: per-tensor gradient norm limit applied to the gradient of the global batch.
+      checkpoint_every_steps: also checkpoint at each epoch end.
+    """
+
+    epochs: int = 50
+    steps_per_epoch: int = 1000
+    learning_rate: float = 1e-4
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    clipnorm: float | None = 0.001
+    schedule: str = "plateau"
+    plateau_factor: float = 0.85
+    plateau_patience: int = 2
+    min_learning_rate: float = 5e-6
+    warmup_steps: int = 500
+    mixed_precision: bool = False
+    checkpoint_every_steps: int = 1000
+    keep_checkpoints: int = 3
+    log_every_steps: int = 50
+    label_in_pipeline: bool = False
+
+
+def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
+    total = config.epochs * config.steps_per_epoch
+    if config.schedule == "cosine":
+        warmup = min(config.warmup_steps, max(total - 1, 0))
+        lr = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.min_learning_rate, decay_steps=max(total - warmup, 1),
+            alpha=config.min_learning_rate / config.learning_rate,
+            warmup_target=config.learning_rate, warmup_steps=warmup)
+    elif config.schedule == "plateau":
+        lr = config.learning_rate
+    else:
+        raise ValueError(f"schedule must be plateau or cosine, got {config.schedule!r}")
+    if config.optimizer == "adam":
+        opt = keras.optimizers.Adam(lr)
+    elif config.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
+    if config.mixed_precision:
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
+
+
+class Plateau(tf.Module):
+    """Learning rate x factor when the epoch loss has not improved for `patience` epochs.
+
+    State lives in variables so that it is checkpointed with the model.
+    """
+
+    def __init__(self, factor: float, patience: int, floor: float):
+        super().__init__()
+        self.factor, self.patience, self.floor = factor, patience, floor
+        self.best = tf.Variable(np.inf, dtype=tf.float64, trainable=False)
+        self.wait = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    def update(self, epoch_loss: float, lr_variable) -> float:
+        """Called once per epoch; returns the learning rate for the next epoch."""
+        if epoch_loss < self.best.numpy():
+            self.best.assign(epoch_loss)
+            self.wait.assign(0)
+        else:
+            self.wait.assign_add(1)
+            if self.wait.numpy() >= self.patience:
+                lr_variable.assign(max(float(lr_variable.numpy()) * self.factor, self.floor))
+                self.wait.assign(0)
+        return float(lr_variable.numpy())
+
+
+def _base_optimizer(opt):
+    return getattr(opt, "inner_optimizer", opt)
+
+
+def _clip_per_tensor(grads, clipnorm):
+    return [None if g is None else tf.clip_by_norm(g, clipnorm) for g in grads]
+
+
+class Trainer:
+    """Builds model and optimizer in the strategy's scope and runs the loop.
+
+    Args:
+      strategy: any tf.distribute strategy.
+      model_config, loss_config, train_config: the resolved configuration.
+      model_dir: checkpoints, TensorBoard logs and config.json go here.
+      labeler: anchor matching settings.
+    """
+
+    def __init__(self, strategy: tf.distribute.Strategy, model_config: ModelConfig,
+                 loss_config: LossConfig, train_config: TrainConfig, model_dir: str,
+                 labeler: LabelerConfig = LabelerConfig(),
+                 build_model: Callable[[ModelConfig], keras.Model] | None = None):
+        from model.retinanet import build_retinanet
+
+        self.strategy = strategy
+        self.model_config = model_config
+        self.loss_config = loss_config
+        self.config = train_config
+        self.model_dir = model_dir
+        self.labeler = labeler
+        self.anchors = tf.constant(generate_anchors(model_config.image_size,
+                                                    model_config.image_size,
+                                                    model_config.anchors))
+        with strategy.scope():
+            self.model = (build_model or build_retinanet)(model_config)
+            self.optimizer = make_optimizer(train_config)
+            self.optimizer.build(self.model.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+            self.plateau = Plateau(train_config.plateau_factor, train_config.plateau_patience,
+                                   train_config.min_learning_rate)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              step=self.step, plateau=self.plateau)
+        self.is_chief = _is_chief(strategy)
+        ckpt_dir = os.path.join(model_dir, "checkpoints") if self.is_chief else \
+            os.path.join(model_dir, f"tmp_worker_{_task_id(strategy)}")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
+                                                  max_to_keep=train_config.keep_checkpoints)
+        self._train_step = None
+
+    # -- steps ---------------------------------------------------------------------------
+
+    def replica_step(self, batch: dict) -> dict:
+        """Forward, loss and gradients on one replica; returns its losses and gradients
+        (gradients are those of the global-batch loss restricted to this replica's images)."""
+        if "cls_targets" not in batch:  # labeling on the accelerator
+            batch = add_targets(batch, self.anchors, self.labeler)
+        ctx = tf.distribute.get_replica_context()
+        normalizer = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                    num_positives(batch["cls_targets"]))
+        with tf.GradientTape() as tape:
+            out = self.model(batch["image"], training=True)
+            losses = retinanet_loss(batch["cls_targets"], batch["box_targets"],
+                                    out["cls_logits"], out["box_deltas"], self.loss_config,
+                                    normalizer)
+            loss = losses["loss"]
+            if self.config.mixed_precision:
+                loss = self.optimizer.scale_loss(loss)
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        return losses, grads
+
+    def _apply(self, grads):
+        variables = self.model.trainable_variables
+        if self.config.clipnorm:
+            # Keras clips each replica's partial gradient before summing them; clip the
+            # gradient of the global batch instead, then hand the optimizer 1/N of it per
+            # replica so that its own cross-replica sum restores it.
+            ctx = tf.distribute.get_replica_context()
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            if self.config.mixed_precision:
+                scale = tf.cast(self.optimizer.dynamic_scale, grads[0].dtype)
+                grads = [g / scale for g in grads]
+            grads = _clip_per_tensor(grads, self.config.clipnorm)
+            if self.config.mixed_precision:
+                grads = [g * scale for g in grads]
+            n = tf.cast(ctx.num_replicas_in_sync, grads[0].dtype)
+            grads = [g / n for g in grads]
+        self.optimizer.apply(grads, variables)
+
+    def _make_train_step(self):
+        def step_fn(batch):
+            losses, grads = self.replica_step(batch)
+            self._apply(grads)
+            return losses
+
+        @tf.function
+        def train_step(iterator):
+            per_replica = self.strategy.run(step_fn, args=(next(iterator),))
+            self.step.assign_add(1)
+            return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                    for k, v in per_replica.items()}
+
+        return train_step
+
+    # -- loop ----------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Restores the latest checkpoint of this run if any; returns the step."""
+        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+        return int(self.step.numpy())
+
+    def save(self) -> str:
+        path = self.manager.save(checkpoint_number=int(self.step.numpy()))
+        if not self.is_chief:  # every worker must write; only the chief's copy is kept
+            tf.io.gfile.rmtree(os.path.dirname(path))
+        return path
+
+    def fit(self, make_dataset: Callable[[tf.distribute.InputContext], tf.data.Dataset],
+            global_batch_size: int,
+            on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+        """Trains until epochs x steps_per_epoch steps; returns the last epoch's mean losses.
+
+        Args:
+          make_dataset: InputContext -> per-replica batched dataset (build_dataset).
+          global_batch_size: images per step over all replicas (for images/s).
+          on_epoch_end: called with (epoch, mean losses) after each epoch's checkpoint.
+        """
+        cfg = self.config
+        total = cfg.epochs * cfg.steps_per_epoch
+        start = self.restore()
+        if start >= total:
+            log.info("already trained for %d steps", start)
+            return {}
+        dataset = self.strategy.distribute_datasets_from_function(make_dataset)
+        iterator = iter(dataset)
+        if self._train_step is None:
+            self._train_step = self._make_train_step()
+        writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "logs")) \
+            if self.is_chief else tf.summary.create_noop_writer()
+        lr_var = _base_optimizer(self.optimizer).learning_rate
+        means: dict = {}
+        step = start
+        with writer.as_default():
+            while step < total:
+                epoch = step // cfg.steps_per_epoch
+                sums: dict = {}
+                n = 0
+                t_epoch = t_log = time.monotonic()
+                images_since_log = 0
+                while step < (epoch + 1) * cfg.steps_per_epoch:
+                    losses = {k: float(v) for k, v in self._train_step(iterator).items()}
+                    step += 1
+                    if not math.isfinite(losses["loss"]):
+                        raise FloatingPointError(
+                            f"the loss became {losses['loss']} at step {step} "
+                            f"(cls {losses['cls_loss']}, box {losses['box_loss']}); lower "
+                            f"--learning_rate, check --clipnorm and the records; the last "
+                            f"checkpoint is {self.manager.latest_checkpoint}")
+                    for k, v in losses.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    n += 1
+                    images_since_log += global_batch_size
+                    if step % cfg.log_every_steps == 0 or step == total:
+                        now = time.monotonic()
+                        rate = images_since_log / max(now - t_log, 1e-9)
+                        lr = float(_current_lr(self.optimizer))
+                        for k, v in losses.items():
+                            tf.summary.scalar(f"train/{k}", v, step=step)
+                        tf.summary.scalar("train/learning_rate", lr, step=step)
+                        tf.summary.scalar("train/images_per_second", rate, step=step)
+                        log.info("step %d/%d epoch %d: loss %.4f (cls %.4f, box %.4f), lr %.2e, "
+                                 "%.1f images/s", step, total, epoch + 1, losses["loss"],
+                                 losses["cls_loss"], losses["box_loss"], lr, rate)
+                        t_log, images_since_log = now, 0
+                    if step % cfg.checkpoint_every_steps == 0:
+                        self.save()
+                means = {k: v / max(n, 1) for k, v in sums.items()}
+                if cfg.schedule == "plateau":
+                    self.plateau.update(means["loss"], lr_var)
+                for k, v in means.items():
+                    tf.summary.scalar(f"epoch/{k}", v, step=step)
+                path = self.save()
+                log.info("epoch %d done in %.0f s: mean loss %.4f; checkpoint %s", epoch + 1,
+                         time.monotonic() - t_epoch, means["loss"], path)
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, means)
+        return means
+
+
+def _current_lr(optimizer) -> float:
+    base = _base_optimizer(optimizer)
+    lr = base.learning_rate
+    return float(lr.numpy()) if hasattr(lr, "numpy") else float(lr)
+
+
+def _task_id(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    return int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
+
+
+def _is_chief(strategy) -> bool:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type = resolver.task_type
+    return task_type == "chief" or (task_type == "worker" and resolver.task_id == 0
+                                    and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def save_config(path: str, **configs) -> None:
+    """Writes the resolved configuration as JSON (dataclasses and plain values)."""
+    def plain(v):
+        return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "w") as f:
+        json.dump({k: plain(v) for k, v in configs.items()}, f, indent=1, sort_keys=True,
+                  default=str)

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from model.anchors import AnchorConfig
+from model.backbones import BACKBONES, build_backbone
+from model.config import ModelConfig
+from model.retinanet import build_inference_model, build_retinanet
+
+TINY = dict(fpn_channels=32, head_convs=1, head_channels=32, image_size=128)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_backbone_taps_have_strides_8_16_32(name):
+    backbone = build_backbone(name, (128, 128, 3))
+    assert [tuple(o.shape[1:3]) for o in backbone.outputs] == [(16, 16), (8, 8), (4, 4)]
+
+
+@pytest.mark.parametrize("norm", ["group", "batch", "none"])
+def test_model_shapes(norm):
+    config = ModelConfig(num_classes=5, backbone="small", head_norm=norm, **TINY)
+    model = build_retinanet(config)
+    out = model(np.zeros((2, 128, 128, 3), np.uint8))
+    anchors = config.anchors.num_anchors(128, 128)
+    assert out["cls_logits"].shape == (2, anchors, 5)
+    assert out["box_deltas"].shape == (2, anchors, 4)
+    # The prior: every anchor starts at foreground probability 0.01.
+    probs = 1 / (1 + np.exp(-out["cls_logits"].numpy()))
+    assert abs(probs.mean() - 0.01) < 0.005
+
+
+def test_custom_anchors_change_the_count():
+    config = ModelConfig(num_classes=2, backbone="small",
+                         anchors=AnchorConfig(ratios=(1.0,), scales=(1.0,)), **TINY)
+    out = build_retinanet(config)(np.zeros((1, 128, 128, 3), np.uint8))
+    assert out["cls_logits"].shape[1] == 16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1
+
+
+def test_inference_model_shares_weights():
+    config = ModelConfig(num_classes=3, backbone="small", **TINY)
+    model = build_retinanet(config)
+    inference = build_inference_model(model, config)
+    assert {id(w) for w in model.weights} <= {id(w) for w in inference.weights}
+    head = model.get_layer("class_head").out
+    head.bias.assign(np.full(head.bias.shape, 10.0, np.float32))  # every anchor confident
+    info = np.array([[[128, 128], [128, 128], [1, 1], [0, 0]]], np.float32)
+    dets = inference([np.zeros((1, 128, 128, 3), np.uint8), info])
+    assert int(dets["num_detections"][0]) > 0
+    boxes = dets["boxes"].numpy()[0]
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+
+
+def test_serializable(tmp_path):
+    import keras
+
+    config = ModelConfig(num_classes=3, backbone="small", **TINY)
+    model = build_retinanet(config)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    x = np.random.default_rng(0).integers(0, 255, (1, 128, 128, 3)).astype(np.uint8)
+    np.testing.assert_allclose(again(x)["cls_logits"], model(x)["cls_logits"], atol=1e-5)
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone 'vgg'"):
+        build_backbone("vgg", (128, 128, 3))
+
+
+def test_image_size_multiple_of_128():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        ModelConfig(num_classes=1, image_size=300)

@@ -1,0 +1,202 @@
+"""train.py end to end: distribution equivalence, resume after kill -9, export."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def make_records(level_dir, n=8, seed=0):
+    from tfrecords import proto
+    from tfrecords.example import ImageAnnotation, build_example
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(level_dir, exist_ok=True)
+    with open(os.path.join(level_dir, "train-00000-of-00001.tfrecord"), "wb") as f:
+        for i in range(n):
+            img = np.full((100, 120, 3), 40, np.uint8)
+            y0, x0 = rng.integers(5, 50, 2)
+            img[y0:y0 + 40, x0:x0 + 50] = (220, 30, 30)
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, "JPEG")
+            box = [y0 / 100, x0 / 120, (y0 + 40) / 100, (x0 + 50) / 120]
+            ann = ImageAnnotation(f"img{i}", "train", [box], [i % 2], [f"/m/c{i % 2}"], [0], [0],
+                                  [0], [0])
+            proto.write_tfrecord(f, build_example(ann, buf.getvalue(), 100, 120, 100, 120)
+                                 .SerializeToString())
+    with open(os.path.join(level_dir, "labels.json"), "w") as f:
+        json.dump([{"index": 0, "mid": "/m/c0", "name": "c0"},
+                   {"index": 1, "mid": "/m/c1", "name": "c1"}], f)
+
+
+TINY_FLAGS = ["--flagfile=" + os.path.join(REPO, "base.flags"), "--backbone=small",
+              "--image_min_side=100", "--image_max_side=128", "--fpn_channels=16",
+              "--head_convs=1", "--head_channels=32", "--global_batch_size=2",
+              "--anchor_sizes=16,32,64,128,256", "--learning_rate=1e-3", "--log_every_steps=1",
+              "--seed=0", "--strategy=one_device"]
+
+
+@pytest.mark.slow
+def test_mirrored_two_devices_same_loss_and_gradients_as_one_device():
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import keras
+        from model.anchors import AnchorConfig
+        from model.config import LossConfig, ModelConfig
+        from model.training import Trainer, TrainConfig
+
+        config = ModelConfig(num_classes=3, backbone="small", image_size=128, fpn_channels=16,
+                             head_convs=1, head_channels=32,
+                             anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)))
+        rng = np.random.default_rng(0)
+        batch = {"image": rng.integers(0, 255, (4, 128, 128, 3)).astype(np.uint8),
+                 "boxes": np.array([[[10, 10, 60, 70], [0, 0, 0, 0]]] * 4, np.float32)
+                          + np.arange(4, dtype=np.float32)[:, None, None] * 5,
+                 "classes": np.array([[0, -1], [1, -1], [2, -1], [1, -1]], np.int32),
+                 "num_boxes": np.array([1, 1, 1, 1], np.int32),
+                 "group_of": np.zeros((4, 2), bool)}
+        batch["num_boxes"][3] = 0  # an image without boxes: its anchors are all background
+        results = {}
+        for name, strategy in [("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+                               ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
+            keras.utils.set_random_seed(1)
+            trainer = Trainer(strategy, config, LossConfig(), TrainConfig(clipnorm=0.001,
+                              learning_rate=1e-3), "/tmp/unused_" + name)
+            data = strategy.experimental_distribute_dataset(
+                tf.data.Dataset.from_tensors(batch))
+            @tf.function
+            def run(b):
+                losses, grads = strategy.run(trainer.replica_step, args=(b,))
+                return ({k: strategy.reduce("SUM", v, axis=None) for k, v in losses.items()},
+                        [strategy.reduce("SUM", g, axis=None) for g in grads])
+            losses, grads = run(next(iter(data)))
+            @tf.function
+            def apply(b):
+                strategy.run(lambda x: trainer._apply(trainer.replica_step(x)[1]), args=(b,))
+            apply(next(iter(data)))
+            results[name] = (losses, grads, [w.numpy() for w in trainer.model.trainable_weights])
+        (l1, g1, w1), (l2, g2, w2) = results["one"], results["two"]
+        for k in l1:
+            np.testing.assert_allclose(l1[k].numpy(), l2[k].numpy(), rtol=1e-5, err_msg=k)
+        for a, b in zip(g1, g2):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+        # One Adam step (lr 1e-3) moves weights by about 1e-3; for gradients near Adam's
+        # epsilon, last-bit differences in the summed gradient move them a few 1e-6 apart.
+        for a, b in zip(w1, w2):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+        print("OK", float(l1["loss"]), len(g1))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env=ENV, cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.startswith("OK")
+
+
+def _train_cmd(records, model_dir, *extra):
+    return [sys.executable, os.path.join(REPO, "train.py"), *TINY_FLAGS,
+            f"--records_dir={records}", f"--model_dir={model_dir}", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_then_restart_resumes_and_exports(tmp_path):
+    records, model_dir = str(tmp_path / "records"), str(tmp_path / "run")
+    make_records(os.path.join(records, "level1"))
+    cmd = _train_cmd(records, model_dir, "--epochs=3", "--steps_per_epoch=20",
+                     "--checkpoint_every_steps=5")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    import tensorflow as tf
+
+    ckpt_dir = os.path.join(model_dir, "checkpoints")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if tf.train.latest_checkpoint(ckpt_dir):  # a complete checkpoint
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    saved = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
+    assert 5 <= saved < 60
+    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"resumed from {ckpt_dir}/ckpt-{saved} at step {saved}" in out.stderr
+    first_logged = [int(line.split("step ")[1].split("/")[0]) for line in out.stderr.splitlines()
+                    if " INFO step " in line][0]
+    assert first_logged == saved + 1
+    assert tf.train.latest_checkpoint(ckpt_dir).endswith("ckpt-60")
+    with open(os.path.join(model_dir, "config.json")) as f:
+        config = json.load(f)
+    assert config["model"]["backbone"] == "small" and config["model"]["num_classes"] == 2
+    assert any(f.startswith("events") for f in os.listdir(os.path.join(model_dir, "logs")))
+    assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+
+
+def test_missing_records_is_a_clear_error(tmp_path):
+    out = subprocess.run(_train_cmd(str(tmp_path), str(tmp_path / "run")), env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "labels.json not found: run beam_jobs/make_records.py" in out.stderr
+
+
+@pytest.mark.slow
+def test_export_in_a_fresh_process_matches_keras(tmp_path):
+    import tensorflow as tf
+
+    from model.config import ModelConfig
+    from model.export import export_saved_model
+    from model.retinanet import build_inference_model, build_retinanet
+    from tfrecords.input_pipeline import InputConfig, inference_canvas
+
+    config = ModelConfig(num_classes=2, backbone="small", image_size=128, fpn_channels=16,
+                         head_convs=1, head_channels=32)
+    model = build_retinanet(config)
+    head = model.get_layer("class_head").out
+    bias = np.full(head.bias.shape, -3.0, np.float32)
+    bias[::2] = 0.5  # class 0 confident everywhere: plenty of detections to compare
+    head.bias.assign(bias)
+    labels = [{"index": 0, "mid": "/m/a", "name": "a"}, {"index": 1, "mid": "/m/b", "name": "b"}]
+    input_config = InputConfig("unused", is_training=False, image_min_side=100,
+                               image_max_side=128)
+    path = str(tmp_path / "export")
+    export_saved_model(model, config, labels, input_config, path)
+
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3)).astype(np.uint8)).save(buf, "PNG")
+    png = str(tmp_path / "x.png")
+    with open(png, "wb") as f:
+        f.write(buf.getvalue())
+    canvas, info = inference_canvas(tf.constant(np.asarray(Image.open(png))), input_config)
+    expected = build_inference_model(model, config)([canvas[None], info[None]])
+    script = textwrap.dedent(f"""
+        import numpy as np, tensorflow as tf
+        served = tf.saved_model.load({path!r}).signatures["serving_default"]
+        out = served(encoded=tf.constant([open({png!r}, "rb").read()]))
+        np.savez({str(tmp_path / "out.npz")!r}, **{{k: v.numpy() for k, v in out.items()}})
+    """)
+    run = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz", allow_pickle=True)  # mids are byte strings
+    n = int(expected["num_detections"][0])
+    assert n > 0 and int(got["num_detections"][0]) == n
+    np.testing.assert_allclose(got["boxes"][0, :n], expected["boxes"].numpy()[0, :n], atol=1e-5)
+    np.testing.assert_allclose(got["scores"][0, :n], expected["scores"].numpy()[0, :n], atol=1e-6)
+    assert set(got["mids"][0, :n].tolist()) <= {b"/m/a", b"/m/b"}
+    assert (got["mids"][0, n:] == b"").all()

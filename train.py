@@ -1,0 +1,186 @@
+"""Train one level's RetinaNet.
+
+    python train.py --flagfile=r101.flags --level 1 --records_dir RECORDS --model_dir runs/l1
+    python train.py --flagfile=demo.flags --level 1 --records_dir demo_out/records \
+        --model_dir demo_out/models/level1
+
+Phases: flags -> configuration (saved as MODEL_DIR/config.json) -> strategy ->
+input -> model and optimizer in the strategy's scope -> loop -> export.
+Restarting the same command resumes from the last checkpoint in MODEL_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+# Data.
+flags.DEFINE_integer("level", 1, "Level to train (RECORDS_DIR/level{N}).")
+flags.DEFINE_string("records_dir", None, "Output directory of beam_jobs/make_records.py.")
+flags.DEFINE_string("model_dir", None, "Checkpoints, logs, config.json and the export.")
+flags.DEFINE_integer("image_min_side", 768, "Short side after resizing (pixels).")
+flags.DEFINE_integer("image_max_side", 1024, "Long side at most (pixels); the canvas is this "
+                     "rounded up to a multiple of 128.")
+flags.DEFINE_integer("max_boxes", 100, "Ground-truth boxes kept per image.")
+flags.DEFINE_bool("flip", True, "Random horizontal flips.")
+flags.DEFINE_list("scale_jitter", ["1.0", "1.0"], "Random resize multiplier range low,high.")
+flags.DEFINE_bool("repeat_factor_sampling", False, "Sample images by their LVIS repeat factor.")
+flags.DEFINE_integer("shuffle_buffer", 512, "Examples in the shuffle buffer.")
+flags.DEFINE_bool("cache", False, "Cache the records in memory (small data).")
+flags.DEFINE_bool("label_in_pipeline", False,
+                  "Compute anchor targets in tf.data (CPU) instead of the train step.")
+flags.DEFINE_integer("seed", None, "Seed for a deterministic input order and augmentation.")
+# Model.
+flags.DEFINE_string("backbone", "resnet50", "Backbone (see model/backbones.py).")
+flags.DEFINE_string("backbone_weights", None, "Local weights file for the backbone.")
+flags.DEFINE_integer("fpn_channels", 256, "FPN channels.")
+flags.DEFINE_integer("head_convs", 4, "Convolutions in each head.")
+flags.DEFINE_integer("head_channels", 256, "Channels of the head convolutions.")
+flags.DEFINE_enum("head_norm", "group", ["group", "batch", "none"], "Normalization in the heads.")
+flags.DEFINE_list("anchor_sizes", ["32", "64", "128", "256", "512"], "Anchor size per level P3-P7.")
+flags.DEFINE_bool("freeze_backbone", False, "Train only the FPN and heads.")
+flags.DEFINE_string("init_checkpoint", None,
+                    "MODEL_DIR of a previous run (e.g. level 1) to start from; layers whose "
+                    "shapes differ (the class head's output) start fresh.")
+# Loss.
+flags.DEFINE_float("focal_alpha", 0.25, "Focal loss alpha.")
+flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
+flags.DEFINE_enum("box_loss", "smooth_l1", ["smooth_l1", "huber"], "Box regression loss.")
+# Optimization.
+flags.DEFINE_integer("global_batch_size", 8, "Images per step over all replicas.")
+flags.DEFINE_integer("epochs", 50, "Epochs.")
+flags.DEFINE_integer("steps_per_epoch", 1000, "Steps per epoch.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "adamw"], "Optimizer.")
+flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate.")
+flags.DEFINE_float("weight_decay", 1e-4, "AdamW weight decay.")
+flags.DEFINE_float("clipnorm", 0.001, "Per-tensor gradient norm limit (0: off).")
+flags.DEFINE_enum("schedule", "plateau", ["plateau", "cosine"], "Learning-rate schedule.")
+flags.DEFINE_float("plateau_factor", 0.85, "Plateau: multiply the learning rate by this ...")
+flags.DEFINE_integer("plateau_patience", 2, "... after this many epochs without improvement.")
+flags.DEFINE_float("min_learning_rate", 5e-6, "Floor of the schedules.")
+flags.DEFINE_integer("warmup_steps", 500, "Cosine: linear warm-up steps.")
+flags.DEFINE_bool("mixed_precision", False, "float16 compute with loss scaling (GPUs).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
+                                       "default"],
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (and every epoch end).")
+flags.DEFINE_integer("log_every_steps", 50, "Log and TensorBoard interval.")
+flags.DEFINE_bool("export", True, "Write the inference SavedModel at the end.")
+flags.mark_flags_as_required(["records_dir", "model_dir"])
+
+
+def make_strategy(name: str):
+    import tensorflow as tf
+
+    if name == "auto":
+        name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if gpus or len(
+            tf.config.list_logical_devices("CPU")) > 1 else tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    return tf.distribute.get_strategy()
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    import keras
+
+    from model.anchors import AnchorConfig
+    from model.config import LossConfig, ModelConfig
+    from model.training import TrainConfig, Trainer, save_config
+    from tfrecords.input_pipeline import InputConfig, build_dataset
+
+    # -- configuration -------------------------------------------------------------------
+    level_dir = os.path.join(FLAGS.records_dir, f"level{FLAGS.level}")
+    labels_path = os.path.join(level_dir, "labels.json")
+    import tensorflow as tf
+
+    if not tf.io.gfile.exists(labels_path):
+        sys.exit(f"{labels_path} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
+                 f"--output_dir {FLAGS.records_dir} first")
+    with tf.io.gfile.GFile(labels_path) as f:
+        labels = json.load(f)
+    if FLAGS.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes))
+    input_config = InputConfig(
+        file_pattern=os.path.join(level_dir, "train-*.tfrecord"), is_training=True,
+        global_batch_size=FLAGS.global_batch_size, image_min_side=FLAGS.image_min_side,
+        image_max_side=FLAGS.image_max_side, max_boxes=FLAGS.max_boxes, flip=FLAGS.flip,
+        scale_jitter=tuple(float(s) for s in FLAGS.scale_jitter),
+        shuffle_buffer=FLAGS.shuffle_buffer, repeat_factor_sampling=FLAGS.repeat_factor_sampling,
+        cache=FLAGS.cache, label_in_pipeline=FLAGS.label_in_pipeline, seed=FLAGS.seed,
+        anchors=anchors)
+    model_config = ModelConfig(
+        num_classes=len(labels), backbone=FLAGS.backbone, backbone_weights=FLAGS.backbone_weights,
+        image_size=input_config.output_size, fpn_channels=FLAGS.fpn_channels,
+        head_convs=FLAGS.head_convs, head_channels=FLAGS.head_channels, head_norm=FLAGS.head_norm,
+        anchors=anchors, freeze_backbone=FLAGS.freeze_backbone)
+    loss_config = LossConfig(alpha=FLAGS.focal_alpha, gamma=FLAGS.focal_gamma,
+                             box_loss=FLAGS.box_loss)
+    train_config = TrainConfig(
+        epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+        learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
+        weight_decay=FLAGS.weight_decay, clipnorm=FLAGS.clipnorm or None,
+        schedule=FLAGS.schedule, plateau_factor=FLAGS.plateau_factor,
+        plateau_patience=FLAGS.plateau_patience, min_learning_rate=FLAGS.min_learning_rate,
+        warmup_steps=FLAGS.warmup_steps, mixed_precision=FLAGS.mixed_precision,
+        checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline)
+
+    # -- strategy ------------------------------------------------------------------------
+    strategy = make_strategy(FLAGS.strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+
+    # -- model, optimizer, checkpoint ----------------------------------------------------
+    trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir)
+    if trainer.is_chief:
+        save_config(os.path.join(FLAGS.model_dir, "config.json"), model=model_config,
+                    loss=loss_config, train=train_config, input=input_config,
+                    level=FLAGS.level, labels=labels)
+    if FLAGS.init_checkpoint and trainer.restore() == 0:
+        from model.export import load_model
+
+        previous, _ = load_model(FLAGS.init_checkpoint)
+        copied = copy_matching_weights(previous, trainer.model)
+        logging.info("initialized %d weight tensors from %s", copied, FLAGS.init_checkpoint)
+
+    # -- train ---------------------------------------------------------------------------
+    trainer.fit(lambda ctx: build_dataset(input_config, ctx), FLAGS.global_batch_size)
+
+    # -- export --------------------------------------------------------------------------
+    if FLAGS.export and trainer.is_chief:
+        from model.export import export_saved_model
+
+        path = export_saved_model(trainer.model, model_config, labels, input_config,
+                                  os.path.join(FLAGS.model_dir, "export"))
+        logging.info("exported the inference model to %s", path)
+
+
+def copy_matching_weights(source, target) -> int:
+    """Copies weights between models layer by layer where names and shapes agree."""
+    src = {w.path: w for w in source.weights}
+    copied = 0
+    for w in target.weights:
+        other = src.get(w.path)
+        if other is not None and tuple(other.shape) == tuple(w.shape):
+            w.assign(other.numpy())
+            copied += 1
+    return copied
+
+
+if __name__ == "__main__":
+    app.run(main)
