@@ -47,9 +47,9 @@ def export_saved_model(model: keras.Model, config: ModelConfig, labels: list[dic
     return path
 
 
-def load_model(model_dir: str) -> keras.Model:
-    """The training model of a run: rebuilt from its config.json, weights from its last
-    checkpoint."""
+def load_model(model_dir: str) -> tuple[keras.Model, ModelConfig]:
+    """(training model, its config) of a run: rebuilt from its config.json, weights from its
+    last checkpoint."""
     from model.anchors import AnchorConfig
 
     with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
@@ -62,5 +62,8 @@ def load_model(model_dir: str) -> keras.Model:
     latest = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    from model.training import checkpoint_weights
+
+    status = tf.train.Checkpoint(weights=checkpoint_weights(model)).restore(latest)
+    status.expect_partial().assert_existing_objects_matched()  # the optimizer may be left out
     return model, config

@@ -148,8 +148,9 @@ class Trainer:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.plateau = Plateau(train_config.plateau_factor, train_config.plateau_patience,
                                    train_config.min_learning_rate)
-        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
-                                              step=self.step, plateau=self.plateau)
+        self.checkpoint = tf.train.Checkpoint(weights=checkpoint_weights(self.model),
+                                              optimizer=self.optimizer, step=self.step,
+                                              plateau=self.plateau)
         self.is_chief = _is_chief(strategy)
         ckpt_dir = os.path.join(model_dir, "checkpoints") if self.is_chief else \
             os.path.join(model_dir, f"tmp_worker_{_task_id(strategy)}")
@@ -297,6 +298,19 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, means)
         return means
+
+
+def checkpoint_weights(model: keras.Model) -> dict:
+    """Every weight of `model` (trainable or not) keyed by its path, for tf.train.Checkpoint.
+
+    A Keras 3 model handed to tf.train.Checkpoint directly saves no variables of
+    its own (only those the optimizer references), which would lose
+    non-trainable state such as BatchNorm statistics.
+    """
+    weights = {w.path: w for w in model.weights}
+    if len(weights) != len(model.weights):
+        raise ValueError("two weights of the model share a path; layer names must be unique")
+    return weights
 
 
 def _current_lr(optimizer) -> float:

@@ -145,6 +145,14 @@ def test_kill_9_then_restart_resumes_and_exports(tmp_path):
     assert config["model"]["backbone"] == "small" and config["model"]["num_classes"] == 2
     assert any(f.startswith("events") for f in os.listdir(os.path.join(model_dir, "logs")))
     assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
+    # The last checkpoint holds every weight, trainable or not, and load_model restores them.
+    from model.export import load_model
+
+    model, _ = load_model(model_dir)
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
+    for w in model.weights:
+        key = "weights/" + w.path.replace("/", ".S") + "/.ATTRIBUTES/VARIABLE_VALUE"
+        np.testing.assert_array_equal(reader.get_tensor(key), w.numpy(), err_msg=w.path)
 
 
 def test_missing_records_is_a_clear_error(tmp_path):
