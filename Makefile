@@ -36,6 +36,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_labels.py
 	$(PY) benchmarks/bench_records.py
+	$(PY) benchmarks/bench_metric.py
 
 # Bazel (Debian's offline bazel-bootstrap) over the same tests; pytest via
 # `make test` stays what CI runs. See third_party/bazel/README.md.
