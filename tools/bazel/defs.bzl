@@ -19,3 +19,27 @@ PYTEST_DATA = [
 ]
 
 PYTEST_MAIN = "//tools/bazel:pytest_main.py"
+
+def pytest_tests(data = []):
+    """One py_test per test_*.py of the calling package, each running pytest on its file,
+    plus a test_support library of the package's other .py files (conftest, fixtures)."""
+    native.py_library(
+        name = "test_support",
+        testonly = True,
+        srcs = native.glob(["*.py"], exclude = ["test_*.py"]),
+        deps = PY_LIBS,
+    )
+    for f in native.glob(["test_*.py"]):
+        native.py_test(
+            name = f[:-3],
+            srcs = [f, PYTEST_MAIN],
+            main = PYTEST_MAIN,
+            args = ["$(rootpath %s)" % f],
+            # Non-Python files here (fixtures); data under ../shared/ is read through
+            # OID_SHARED_DIR, outside Bazel's view.
+            data = PYTEST_DATA + data + native.glob(
+                ["**"],
+                exclude = ["**/*.py", "**/*.pyc", "**/__pycache__/**", "BUILD.bazel"],
+            ),
+            deps = [":test_support"] + PY_LIBS,
+        )
