@@ -16,8 +16,9 @@ process (so that peak RSS is per configuration), at batch 8:
       targets, [A, 4 + 1] regression and [A, 500 + 1] one-hot classification per image.
 Training settings throughout: shuffle, horizontal flip, no scale jitter; min side 768,
 max side 1024 (keras-retinanet's defaults are 800 / 1333; the same sizes here keep the
-comparison like for like). "targets/img" is every array handed to the model per image
-except the image; "total/img" includes it. MB = 2**20 bytes.
+comparison like for like). "CPU ms/img" is the process's CPU time (all threads) per image,
+which shows how much of the machine each configuration needs. "targets/img" is every array
+handed to the model per image except the image; "total/img" includes it. MB = 2**20 bytes.
 
   python benchmarks/bench_input.py [--images 1000] [--batches 60] [--json out.json]
 """
@@ -292,13 +293,19 @@ def _nbytes(t) -> int:
     return t.shape.num_elements() * t.dtype.size
 
 
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+
 def _time_batches(batches_iter, warmup: int, batches: int):
+    """-> (wall seconds, CPU seconds, last batch) of `batches` batches after `warmup`."""
     for _ in range(warmup):
         batch = next(batches_iter)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_seconds()
     for _ in range(batches):
         batch = next(batches_iter)
-    return time.perf_counter() - t0, batch
+    return time.perf_counter() - t0, _cpu_seconds() - c0, batch
 
 
 def _decode_only(files: list[str], batch_size: int):
@@ -325,7 +332,7 @@ def run_child(which: str, data_dir: str, batch_size: int, warmup: int, batches: 
     if which == "keras_retinanet":
         import tensorflow as tf  # the generator runs in the training process
 
-        seconds, (inputs, targets) = _time_batches(
+        seconds, cpu, (inputs, targets) = _time_batches(
             keras_retinanet_batches(data_dir, batch_size), warmup, batches)
         parts = {"image": inputs, "regression": targets[0], "labels": targets[1]}
         result["anchors"] = int(targets[1].shape[1])
@@ -349,7 +356,7 @@ def run_child(which: str, data_dir: str, batch_size: int, warmup: int, batches: 
                              max_boxes=MAX_BOXES, flip=True, scale_jitter=(1.0, 1.0),
                              label_in_pipeline=which == "ours_labels")
         ds = _decode_only(files, batch_size) if which == "decode" else build_dataset(config)
-        seconds, batch = _time_batches(iter(ds), warmup, batches)
+        seconds, cpu, batch = _time_batches(iter(ds), warmup, batches)
         parts = {"image": batch} if which == "decode" else dict(batch)
         result["canvas"] = [int(d) for d in parts["image"].shape[1:3]]
         if which == "ours_labels":
@@ -371,6 +378,7 @@ def run_child(which: str, data_dir: str, batch_size: int, warmup: int, batches: 
     result.update({
         "images": batches * batch_size, "seconds": seconds,
         "images_per_s": batches * batch_size / seconds,
+        "cpu_ms_per_image": cpu / (batches * batch_size) * 1e3,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "bytes_per_image": {k: v / batch_size for k, v in nbytes.items()},
         "targets_bytes_per_image": sum(v for k, v in nbytes.items() if k != "image") / batch_size,
@@ -438,6 +446,7 @@ def main() -> None:
         rates = [m["images_per_s"] for m in r]
         results[which] = {**r[0], "images_per_s": statistics.median(rates),
                           "all_images_per_s": rates,
+                          "cpu_ms_per_image": statistics.median(m["cpu_ms_per_image"] for m in r),
                           "peak_rss_mb": max(m["peak_rss_mb"] for m in r)}
     a, b, c, d = (results[k]["images_per_s"] for k in CONFIGS)
     results["b_vs_d"] = b / d
@@ -450,12 +459,13 @@ def main() -> None:
     print(f"{meta['images']} records of {WIDTH}x{HEIGHT} JPEGs ({meta['jpeg_kb']:.0f} KB), mean "
           f"{meta['mean_boxes']:.1f} boxes/image ({100 * meta['fraction_50_plus']:.0f}% with 50+), "
           f"{NUM_CLASSES} classes, batch {args.batch_size}, canvas {canvas} ({results['machine']})")
-    print(f"{'configuration':<47} {'images/s':>8} {'peak RSS MB':>12} {'targets/img':>12} "
-          f"{'total/img':>10}")
+    print(f"{'configuration':<47} {'images/s':>8} {'CPU ms/img':>10} {'peak RSS MB':>11} "
+          f"{'targets/img':>11} {'total/img':>10}")
     for which, label in CONFIGS.items():
         r = results[which]
-        print(f"{label:<47} {r['images_per_s']:>8.1f} {r['peak_rss_mb']:>12.0f} "
-              f"{_size(r['targets_bytes_per_image']):>12} {_size(r['total_bytes_per_image']):>10}")
+        print(f"{label:<47} {r['images_per_s']:>8.1f} {r['cpu_ms_per_image']:>10.1f} "
+              f"{r['peak_rss_mb']:>11.0f} {_size(r['targets_bytes_per_image']):>11} "
+              f"{_size(r['total_bytes_per_image']):>10}")
     print(f"(b)/(d) x{results['b_vs_d']:.1f}; (c)/(a) {100 * results['c_vs_a']:.0f}%")
     runs_note = f"median of {args.repeat} alternating runs; " if args.repeat > 1 else ""
     print(f"({runs_note}(a)-(c): {args.batches} batches after {args.warmup}; (d): "
