@@ -6,6 +6,8 @@ tf.io.gfile lazily so that `gs://` data works in the Beam job and on clusters.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 from typing import IO
 
@@ -24,6 +26,29 @@ def open_file(path: str, mode: str = "r") -> IO:
     if "b" in mode:
         return open(path, mode)
     return open(path, mode, encoding="utf-8", newline="")
+
+
+def open_maybe_gzip(path: str, mode: str = "r", *, gzipped: bool | None = None,
+                    compresslevel: int = 6) -> IO:
+    """Like open_file, through gzip when `gzipped` (default: when the path ends in .gz).
+
+    Text modes use UTF-8 with newlines untranslated, as open_file. Closing the
+    returned file closes the underlying one too. compresslevel 6 (zlib's
+    default) writes about three times faster than gzip's 9 for a few per cent
+    more bytes.
+    """
+    path = str(path)
+    if gzipped is None:
+        gzipped = path.endswith(".gz")
+    if not gzipped:
+        return open_file(path, mode)
+    raw_mode = mode.replace("t", "").replace("b", "") + "b"
+    raw = open_file(path, raw_mode)
+    packed = gzip.GzipFile(fileobj=raw, mode=raw_mode, compresslevel=compresslevel)
+    packed.myfileobj = raw  # GzipFile closes `myfileobj` on close, as when it opens a name
+    if "b" in mode:
+        return packed
+    return io.TextIOWrapper(packed, encoding="utf-8", newline="")
 
 
 def read_text(path: str) -> str:

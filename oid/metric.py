@@ -795,7 +795,7 @@ _BLOCK_BYTES = 32 << 20
 
 def read_submission(path: str, classes: ClassTable, *,
                     lenient: bool = False) -> tuple[Submission, SubmissionReport]:
-    """Reads a Kaggle submission (`ImageId,PredictionString`).
+    """Reads a Kaggle submission (`ImageId,PredictionString`), plain or gzipped (`.gz`).
 
     A PredictionString is whitespace-separated groups of
     `LabelName Score XMin YMin XMax YMax` (normalized); empty means no
@@ -818,16 +818,16 @@ def read_submission(path: str, classes: ClassTable, *,
 def _parse_fast(path: str) -> _Parsed | None:
     """The common file shape, parsed at disk speed; None for anything else.
 
-    Handles plain files only: the header ImageId,PredictionString, no quotes,
-    tabs, CRs, blank lines or other punctuation, single spaces between tokens,
-    token counts that are multiples of six and numbers that parse. Each block
+    Handles the common shape only (gzipped files are decompressed on the way):
+    the header ImageId,PredictionString, no quotes, tabs, CRs, blank lines or
+    other punctuation, single spaces between tokens, token counts that are multiples of six and numbers that parse. Each block
     of rows is rewritten in place into a CSV of one detection per line for
     Arrow's multi-threaded parser, so neither the 24M tokens of a 4M-detection
     file nor their text ever become Python objects.
     """
     parts = []
     rows = 0
-    with fileio.open_file(path, "rb") as f:
+    with fileio.open_maybe_gzip(path, "rb") as f:
         header = next(csv.reader([f.readline().decode("utf-8-sig", "replace").rstrip("\r\n")]), [])
         if header not in (["ImageId", "PredictionString"], ["ImageID", "PredictionString"]):
             return None
@@ -960,7 +960,7 @@ def _parse_general(path: str, lenient: bool) -> _Parsed:
         return "skip"
 
     try:
-        with fileio.open_file(path, "rb") as f:
+        with fileio.open_maybe_gzip(path, "rb") as f:
             table = pacsv.read_csv(
                 f, read_options=pacsv.ReadOptions(block_size=16 << 20),
                 parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
@@ -1007,7 +1007,7 @@ def _parse_general(path: str, lenient: bool) -> _Parsed:
 
 def _header(path: str) -> tuple[str, int]:
     """The ImageId column's name (ImageId or ImageID) and the number of header fields."""
-    with fileio.open_file(path, "rb") as f:
+    with fileio.open_maybe_gzip(path, "rb") as f:
         first = f.readline().decode("utf-8-sig").rstrip("\r\n")
     header = [h.strip() for h in next(csv.reader([first]), [])]
     id_column = next((h for h in ("ImageId", "ImageID") if h in header), None)
@@ -1019,7 +1019,7 @@ def _header(path: str) -> tuple[str, int]:
 
 def _scan_rows(path: str, num_fields: int):
     """(first line, text, well-formed) of every non-blank data row, as Arrow counts them."""
-    with fileio.open_file(path, "r") as f:
+    with fileio.open_maybe_gzip(path, "r") as f:
         reader = csv.reader(f)
         last = 0
         for index, fields in enumerate(reader):
@@ -1205,7 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="class hierarchy JSON (needed unless --no-expand)")
     parser.add_argument("--classes", required=True, help="class list CSV: MID,DisplayName, no header")
     parser.add_argument("--predictions", required=True,
-                        help="Kaggle submission CSV: ImageId,PredictionString")
+                        help="Kaggle submission CSV: ImageId,PredictionString (.gz: gzipped)")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     parser.add_argument("--no-expand", dest="expand", action="store_false",
                         help="the ground truth is already expanded along the hierarchy")

@@ -809,6 +809,29 @@ def test_bad_submission_lines_with_blank_lines_and_many_problems(tmp_path):
     np.testing.assert_array_equal(submission.boxes[-1], [0.1, 0.1, 0.2, 0.2])
 
 
+def test_gzipped_submission_reads_like_the_plain_file(tmp_path):
+    import gzip
+
+    def both(rows: list[str]) -> tuple[str, str]:
+        plain = write_submission(tmp_path, rows)
+        with open(plain, "rb") as f, gzip.open(plain + ".gz", "wb") as g:
+            g.write(f.read())
+        return plain, plain + ".gz"
+
+    # A well-formed file takes the fast parser, one with CRLF and quotes the general one.
+    for rows in ([GOOD_ROW, f"C,{DOG} 0.5 0.1 0.1 0.2 0.2"],
+                 [GOOD_ROW + "\r", f'C,"{DOG} 0.5 0.1 0.1 0.2 0.2"\r', "D,\r"]):
+        (a, _), (b, _) = (read_submission(p, CLASSES) for p in both(rows))
+        assert a.image_ids.tolist() == b.image_ids.tolist()
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.labels, b.labels)
+    # After a blank line, the bad row's line is found by scanning the (gzipped) text.
+    for path in both(["", GOOD_ROW + "\r", BAD_ROWS[UNKNOWN_MID][0] + "\r"]):
+        with pytest.raises(InputFileError) as e:
+            read_submission(path, CLASSES)
+        assert e.value.line == 4 and UNKNOWN_MID in e.value.problem
+
+
 def test_submission_boxes_are_reordered_to_ymin_xmin_ymax_xmax(tmp_path):
     path = write_submission(tmp_path, [f"A,{DOG} 0.9 0.1 0.2 0.3 0.4"])
     submission, _ = read_submission(path, CLASSES)
