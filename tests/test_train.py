@@ -13,38 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def make_records(level_dir, n=8, seed=0):
-    from tfrecords import proto
-    from tfrecords.example import ImageAnnotation, build_example
-
-    rng = np.random.default_rng(seed)
-    os.makedirs(level_dir, exist_ok=True)
-    with open(os.path.join(level_dir, "train-00000-of-00001.tfrecord"), "wb") as f:
-        for i in range(n):
-            img = np.full((100, 120, 3), 40, np.uint8)
-            y0, x0 = rng.integers(5, 50, 2)
-            img[y0:y0 + 40, x0:x0 + 50] = (220, 30, 30)
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, "JPEG")
-            box = [y0 / 100, x0 / 120, (y0 + 40) / 100, (x0 + 50) / 120]
-            ann = ImageAnnotation(f"img{i}", "train", [box], [i % 2], [f"/m/c{i % 2}"], [0], [0],
-                                  [0], [0])
-            proto.write_tfrecord(f, build_example(ann, buf.getvalue(), 100, 120, 100, 120)
-                                 .SerializeToString())
-    with open(os.path.join(level_dir, "labels.json"), "w") as f:
-        json.dump([{"index": 0, "mid": "/m/c0", "name": "c0"},
-                   {"index": 1, "mid": "/m/c1", "name": "c1"}], f)
-
-
-TINY_FLAGS = ["--flagfile=" + os.path.join(REPO, "base.flags"), "--backbone=small",
-              "--image_min_side=100", "--image_max_side=128", "--fpn_channels=16",
-              "--head_convs=1", "--head_channels=32", "--global_batch_size=2",
-              "--anchor_sizes=16,32,64,128,256", "--learning_rate=1e-3", "--log_every_steps=1",
-              "--seed=0", "--strategy=one_device"]
+from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 
 
 @pytest.mark.slow
@@ -106,17 +75,12 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device():
     assert out.stdout.startswith("OK")
 
 
-def _train_cmd(records, model_dir, *extra):
-    return [sys.executable, os.path.join(REPO, "train.py"), *TINY_FLAGS,
-            f"--records_dir={records}", f"--model_dir={model_dir}", *extra]
-
-
 @pytest.mark.slow
 def test_kill_9_then_restart_resumes_and_exports(tmp_path):
     records, model_dir = str(tmp_path / "records"), str(tmp_path / "run")
     make_records(os.path.join(records, "level1"))
-    cmd = _train_cmd(records, model_dir, "--epochs=3", "--steps_per_epoch=20",
-                     "--checkpoint_every_steps=5")
+    cmd = train_cmd(records, model_dir, "--epochs=3", "--steps_per_epoch=20",
+                    "--checkpoint_every_steps=5")
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     import tensorflow as tf
@@ -156,7 +120,7 @@ def test_kill_9_then_restart_resumes_and_exports(tmp_path):
 
 
 def test_missing_records_is_a_clear_error(tmp_path):
-    out = subprocess.run(_train_cmd(str(tmp_path), str(tmp_path / "run")), env=ENV,
+    out = subprocess.run(train_cmd(str(tmp_path), str(tmp_path / "run")), env=ENV,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "labels.json not found: run beam_jobs/make_records.py" in out.stderr
