@@ -99,7 +99,7 @@ def main(argv):
 
     from model.anchors import AnchorConfig
     from model.config import LossConfig, ModelConfig
-    from model.training import TrainConfig, Trainer, save_config
+    from model.training import TrainConfig, Trainer, save_config, wait_for_all_workers
     from tfrecords.input_pipeline import InputConfig, build_dataset
 
     # -- configuration -------------------------------------------------------------------
@@ -168,6 +168,8 @@ def main(argv):
         path = export_saved_model(trainer.model, model_config, labels, input_config,
                                   os.path.join(FLAGS.model_dir, "export"))
         logging.info("exported the inference model to %s", path)
+    wait_for_all_workers(strategy)  # the others wait for the chief's export before exiting
+    logging.info("finished; the run is in %s", FLAGS.model_dir)
 
 
 def copy_matching_weights(source, target) -> int:

@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -152,8 +153,13 @@ class Trainer:
                                               optimizer=self.optimizer, step=self.step,
                                               plateau=self.plateau)
         self.is_chief = _is_chief(strategy)
-        ckpt_dir = os.path.join(model_dir, "checkpoints") if self.is_chief else \
-            os.path.join(model_dir, f"tmp_worker_{_task_id(strategy)}")
+        if self.is_chief:
+            ckpt_dir = os.path.join(model_dir, "checkpoints")
+        else:
+            # Every worker takes part in a save (reading a variable may need a collective),
+            # but only the chief's copy is kept; the others write to a local temporary
+            # directory, never inside MODEL_DIR, which save() deletes.
+            ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt_worker{_task_id(strategy)}_")
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                                   max_to_keep=train_config.keep_checkpoints)
         self._train_step = None
@@ -214,18 +220,24 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------
 
+    def latest_checkpoint(self) -> str | None:
+        """The chief's latest checkpoint in MODEL_DIR/checkpoints (which every worker reads)."""
+        return tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+
     def restore(self) -> int:
         """Restores the latest checkpoint of this run if any; returns the step."""
-        latest = tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        latest = self.latest_checkpoint()
         if latest:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
     def save(self) -> str:
+        """Checkpoints the step on every worker; returns the path (on a non-chief worker,
+        of its deleted temporary copy)."""
         path = self.manager.save(checkpoint_number=int(self.step.numpy()))
-        if not self.is_chief:  # every worker must write; only the chief's copy is kept
-            tf.io.gfile.rmtree(os.path.dirname(path))
+        if not self.is_chief:
+            tf.io.gfile.rmtree(self.manager.directory)
         return path
 
     def fit(self, make_dataset: Callable[[tf.distribute.InputContext], tf.data.Dataset],
@@ -268,7 +280,7 @@ class Trainer:
                             f"the loss became {losses['loss']} at step {step} "
                             f"(cls {losses['cls_loss']}, box {losses['box_loss']}); lower "
                             f"--learning_rate, check --clipnorm and the records; the last "
-                            f"checkpoint is {self.manager.latest_checkpoint}")
+                            f"checkpoint is {self.latest_checkpoint()}")
                     for k, v in losses.items():
                         sums[k] = sums.get(k, 0.0) + v
                     n += 1
@@ -313,6 +325,22 @@ def checkpoint_weights(model: keras.Model) -> dict:
     return weights
 
 
+def wait_for_all_workers(strategy: tf.distribute.Strategy) -> None:
+    """Returns once every worker of a multi-worker strategy has called it; a no-op with one
+    worker.
+
+    A worker that exits while another still works (the chief writing the export) stops
+    sending heartbeats, and the coordination service then reports it as crashed and
+    aborts the other workers' collectives.
+    """
+    def one():
+        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                              tf.ones([]))
+
+    if _num_workers(strategy) > 1:
+        tf.function(lambda: strategy.run(one))()  # eagerly, strategy.run warns of overhead
+
+
 def _current_lr(optimizer) -> float:
     base = _base_optimizer(optimizer)
     lr = base.learning_rate
@@ -322,6 +350,14 @@ def _current_lr(optimizer) -> float:
 def _task_id(strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     return int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
+
+
+def _num_workers(strategy) -> int:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec().as_dict()
+    return max(len(spec.get("chief", [])) + len(spec.get("worker", [])), 1)
 
 
 def _is_chief(strategy) -> bool:
