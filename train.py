@@ -71,24 +71,14 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
 flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (and every epoch end).")
 flags.DEFINE_integer("log_every_steps", 50, "Log and TensorBoard interval.")
 flags.DEFINE_bool("export", True, "Write the inference SavedModel at the end.")
+# Evaluation during training.
+flags.DEFINE_integer("eval_every_epochs", 0,
+                     "Every N epochs evaluate the model on the level's val records (OID "
+                     "challenge mAP to TensorBoard as eval/mAP, MODEL_DIR/eval/epoch-N/); 0: off.")
+flags.DEFINE_string("eval_data_dir", None,
+                    "With --eval_every_epochs: DATA_DIR whose label/ holds the class table and "
+                    "hierarchy.")
 flags.mark_flags_as_required(["records_dir", "model_dir"])
-
-
-def make_strategy(name: str):
-    import tensorflow as tf
-
-    if name == "auto":
-        name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy() if gpus or len(
-            tf.config.list_logical_devices("CPU")) > 1 else tf.distribute.OneDeviceStrategy("/cpu:0")
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    return tf.distribute.get_strategy()
 
 
 def main(argv):
@@ -99,7 +89,13 @@ def main(argv):
 
     from model.anchors import AnchorConfig
     from model.config import LossConfig, ModelConfig
-    from model.training import TrainConfig, Trainer, save_config, wait_for_all_workers
+    from model.training import (
+        TrainConfig,
+        Trainer,
+        make_strategy,
+        save_config,
+        wait_for_all_workers,
+    )
     from tfrecords.input_pipeline import InputConfig, build_dataset
 
     # -- configuration -------------------------------------------------------------------
@@ -112,6 +108,8 @@ def main(argv):
                  f"--output_dir {FLAGS.records_dir} first")
     with tf.io.gfile.GFile(labels_path) as f:
         labels = json.load(f)
+    if FLAGS.eval_every_epochs and not FLAGS.eval_data_dir:
+        sys.exit("--eval_every_epochs needs --eval_data_dir (the class table and hierarchy)")
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes))
@@ -158,15 +156,25 @@ def main(argv):
         copied = copy_matching_weights(previous, trainer.model)
         logging.info("initialized %d weight tensors from %s", copied, FLAGS.init_checkpoint)
 
+    on_epoch_end = None
+    if FLAGS.eval_every_epochs:
+        from model.evaluation import training_callback
+
+        on_epoch_end = training_callback(
+            trainer, level_dir, FLAGS.eval_data_dir, labels, FLAGS.level,
+            FLAGS.image_min_side, FLAGS.image_max_side, FLAGS.eval_every_epochs,
+            FLAGS.global_batch_size)
+
     # -- train ---------------------------------------------------------------------------
-    trainer.fit(lambda ctx: build_dataset(input_config, ctx), FLAGS.global_batch_size)
+    trainer.fit(lambda ctx: build_dataset(input_config, ctx), FLAGS.global_batch_size,
+                on_epoch_end=on_epoch_end)
 
     # -- export --------------------------------------------------------------------------
     if FLAGS.export and trainer.is_chief:
         from model.export import export_saved_model
 
         path = export_saved_model(trainer.model, model_config, labels, input_config,
-                                  os.path.join(FLAGS.model_dir, "export"))
+                                  os.path.join(FLAGS.model_dir, "export"), level=FLAGS.level)
         logging.info("exported the inference model to %s", path)
     wait_for_all_workers(strategy)  # the others wait for the chief's export before exiting
     logging.info("finished; the run is in %s", FLAGS.model_dir)

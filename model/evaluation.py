@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from model.config import PostprocessConfig
 from model.inference import ImageResult, Inference
 from oid.classes import ClassTable
 from oid.hierarchy import Hierarchy
@@ -199,3 +200,33 @@ def make_epoch_callback(evaluation: LevelEvaluation, inference: Inference, sourc
 
     return on_epoch_end
 
+
+def training_callback(trainer, level_dir: str, data_dir: str, labels: Sequence[dict], level: int,
+                      image_min_side: int, image_max_side: int, every_epochs: int,
+                      global_batch_size: int,
+                      post: PostprocessConfig = PostprocessConfig()) -> Callable[[int, dict], None]:
+    """make_epoch_callback for a model.training.Trainer: its live model on LEVEL_DIR's val
+    records and ground truth, the class table and hierarchy of DATA_DIR (oid.layout), results
+    under MODEL_DIR/eval/epoch-{N}/. Reads the ground truth now, so a missing file fails
+    before training starts."""
+    from model.inference import detector_from_model
+    from oid.classes import load_classes
+    from oid.hierarchy import load_hierarchy
+    from oid.layout import DataLayout
+    from tfrecords.inference_input import RecordSource
+    from tfrecords.input_pipeline import list_files
+
+    layout = DataLayout(data_dir)
+    classes = load_classes(layout.classes)
+    evaluation = LevelEvaluation(classes, load_hierarchy(layout.hierarchy),
+                                 os.path.join(level_dir, "val-bbox.csv"),
+                                 os.path.join(level_dir, "val-image-labels.csv"),
+                                 [e["mid"] for e in sorted(labels, key=lambda e: e["index"])])
+    source = RecordSource(os.path.join(level_dir, "val-*.tfrecord"))
+    list_files(source.file_pattern)  # fails now rather than after the first epoch
+    detector = detector_from_model(trainer.model, trainer.model_config, image_min_side,
+                                   image_max_side, labels, level, name="the model in training")
+    inference = Inference(trainer.strategy, [detector], post)
+    return make_epoch_callback(evaluation, inference, source, global_batch_size, every_epochs,
+                               trainer.step, os.path.join(trainer.model_dir, "eval"),
+                               trainer.is_chief)

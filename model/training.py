@@ -152,7 +152,7 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(weights=checkpoint_weights(self.model),
                                               optimizer=self.optimizer, step=self.step,
                                               plateau=self.plateau)
-        self.is_chief = _is_chief(strategy)
+        self.is_chief = is_chief(strategy)
         if self.is_chief:
             ckpt_dir = os.path.join(model_dir, "checkpoints")
         else:
@@ -360,13 +360,38 @@ def _num_workers(strategy) -> int:
     return max(len(spec.get("chief", [])) + len(spec.get("worker", [])), 1)
 
 
-def _is_chief(strategy) -> bool:
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the run's files (the chief, or worker 0 without one)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.cluster_spec().as_dict():
         return True
     task_type = resolver.task_type
     return task_type == "chief" or (task_type == "worker" and resolver.task_id == 0
                                     and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The strategy of train.py, eval.py and predict.py's --strategy flag.
+
+    auto: MultiWorkerMirroredStrategy when TF_CONFIG is set, else mirrored. mirrored:
+    MirroredStrategy over every GPU (or every logical CPU device when there are several),
+    else one device. one_device: the first GPU, else the CPU. default: no strategy.
+    """
+    if name == "auto":
+        name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy() if gpus or len(
+            tf.config.list_logical_devices("CPU")) > 1 else tf.distribute.OneDeviceStrategy("/cpu:0")
+    if name == "one_device":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    raise ValueError(f"strategy must be auto, mirrored, multi_worker, one_device or default, "
+                     f"got {name!r}")
 
 
 def save_config(path: str, **configs) -> None:

@@ -42,9 +42,8 @@ def write_images(directory, count: int, height: int = 96, width: int = 128) -> l
     os.makedirs(directory, exist_ok=True)
     paths = []
     for i in range(count):
-        y0, x0 = 8 + (i * 7) % 40, 6 + (i * 13) % 60
         paths.append(save(os.path.join(directory, f"im{i:02d}.png"),
-                          red_image(height, width, (y0, x0, y0 + 40, x0 + 48), seed=i)))
+                          red_scene(i, height, width)[0]))
     return paths
 
 
@@ -146,3 +145,42 @@ def write_ground_truth(directory, boxes: dict[str, list[tuple[str, tuple]]],
             for mid, confidence in items:
                 f.write(f"{image_id},verification,{mid},{confidence}\n")
     return box_path, label_path
+
+
+def write_level(level_dir, labels, images: dict[str, tuple[np.ndarray, list[tuple[int, tuple]]]],
+                split: str = "val") -> None:
+    """RECORDS/levelN/ as the records job writes it: {split}-00000-of-00001.tfrecord (PNG
+    bytes, which the pipelines decode too) and labels.json, plus for val the ground-truth
+    CSVs. images: ImageID -> (pixels, [(level-local class, (ymin, xmin, ymax, xmax)
+    normalized)])."""
+    import io
+
+    from tfrecords import proto
+    from tfrecords.example import ImageAnnotation, build_example
+
+    os.makedirs(level_dir, exist_ok=True)
+    mids = [e["mid"] for e in sorted(labels, key=lambda e: e["index"])]
+    with open(os.path.join(level_dir, f"{split}-00000-of-00001.tfrecord"), "wb") as f:
+        for image_id, (pixels, objects) in images.items():
+            buf = io.BytesIO()
+            Image.fromarray(pixels).save(buf, "PNG")
+            n = len(objects)
+            ann = ImageAnnotation(image_id, split, [list(b) for _, b in objects],
+                                  [c for c, _ in objects], [mids[c] for c, _ in objects],
+                                  [0] * n, [0] * n, [0] * n, [0] * n)
+            h, w = pixels.shape[:2]
+            proto.write_tfrecord(f, build_example(ann, buf.getvalue(), h, w, h, w)
+                                 .SerializeToString())
+    with open(os.path.join(level_dir, "labels.json"), "w") as f:
+        json.dump(list(labels), f)
+    if split == "val":
+        write_ground_truth(level_dir, {i: [(mids[c], b) for c, b in objects]
+                                       for i, (_, objects) in images.items()})
+
+
+def red_scene(index: int, height: int = 96, width: int = 128) -> tuple[np.ndarray, list]:
+    """Image `index` of a small level: a red square of class 0 at a varying place."""
+    y0, x0 = 8 + (index * 7) % 40, 6 + (index * 13) % 60
+    box = (y0, x0, y0 + 40, x0 + 48)
+    return red_image(height, width, box, seed=index), [
+        (0, (box[0] / height, box[1] / width, box[2] / height, box[3] / width))]
