@@ -128,7 +128,12 @@ def load_detector(path: str, strategy: tf.distribute.Strategy | None = None,
         with tf.io.gfile.GFile(config_path) as f:
             meta = json.load(f)
         with strategy.scope():
-            model, _ = load_model(path, checkpoint)
+            try:
+                model, _ = load_model(path, checkpoint)
+            except AssertionError as e:  # tf.train.Checkpoint's way of saying "mismatch"
+                raise ValueError(f"the checkpoint {checkpoint or 'in ' + path} does not fit the "
+                                 f"model its config.json describes (was the code changed "
+                                 f"since training?): {str(e)[:300]}") from None
         forward = _KerasForward(model)
     model_config = model_config_from_json(meta["model"])
     return Detector(path, forward, model_config, int(meta["input"]["image_min_side"]),

@@ -77,10 +77,10 @@ def red_detector(config: ModelConfig = TINY) -> Detector:
     return Detector("red_detector", forward, config, MIN_SIDE, MAX_SIDE, LABELS, level=1)
 
 
-def spread_random_model(config: ModelConfig = TINY, seed: int = 0):
+def spread_random_model(config: ModelConfig = TINY, seed: int = 0, bias: float = -6.0):
     """A randomly initialized RetinaNet whose class logits are spread over several units
-    (the class head's last kernel x 20: standard deviation about 2; bias -6), so two or three
-    dozen anchors per image pass a 0.5 threshold with clear gaps between their scores.
+    (the class head's last kernel x 20: standard deviation about 2; bias -6: two or three
+    dozen anchors per image pass a 0.5 threshold, with clear gaps between their scores).
     Build it in the strategy's scope."""
     import keras
 
@@ -90,7 +90,7 @@ def spread_random_model(config: ModelConfig = TINY, seed: int = 0):
     model = build_retinanet(config)
     out = model.get_layer("class_head").out
     out.kernel.assign(out.kernel.numpy() * 20.0)
-    out.bias.assign(np.full(out.bias.shape, -6.0, np.float32))
+    out.bias.assign(np.full(out.bias.shape, bias, np.float32))
     return model
 
 
@@ -150,8 +150,8 @@ def write_ground_truth(directory, boxes: dict[str, list[tuple[str, tuple]]],
 def write_level(level_dir, labels, images: dict[str, tuple[np.ndarray, list[tuple[int, tuple]]]],
                 split: str = "val") -> None:
     """RECORDS/levelN/ as the records job writes it: {split}-00000-of-00001.tfrecord (PNG
-    bytes, which the pipelines decode too) and labels.json, plus for val the ground-truth
-    CSVs. images: ImageID -> (pixels, [(level-local class, (ymin, xmin, ymax, xmax)
+    bytes, which the pipelines decode too), labels.json, the split's image count in
+    stats.json, plus for val the ground-truth CSVs. images: ImageID -> (pixels, [(level-local class, (ymin, xmin, ymax, xmax)
     normalized)])."""
     import io
 
@@ -173,14 +173,37 @@ def write_level(level_dir, labels, images: dict[str, tuple[np.ndarray, list[tupl
                                  .SerializeToString())
     with open(os.path.join(level_dir, "labels.json"), "w") as f:
         json.dump(list(labels), f)
+    stats_path = os.path.join(level_dir, "stats.json")
+    stats = json.load(open(stats_path)) if os.path.exists(stats_path) else {"splits": {}}
+    stats["splits"][split] = {"images": len(images)}
+    with open(stats_path, "w") as f:
+        json.dump(stats, f)
     if split == "val":
         write_ground_truth(level_dir, {i: [(mids[c], b) for c, b in objects]
                                        for i, (_, objects) in images.items()})
 
 
-def red_scene(index: int, height: int = 96, width: int = 128) -> tuple[np.ndarray, list]:
-    """Image `index` of a small level: a red square of class 0 at a varying place."""
+def red_scene(index: int, height: int = 96, width: int = 128,
+              size: tuple[int, int] = (40, 48)) -> tuple[np.ndarray, list]:
+    """Image `index` of a small level: a red rectangle of class 0 and `size` (height, width)
+    pixels at a varying place."""
     y0, x0 = 8 + (index * 7) % 40, 6 + (index * 13) % 60
-    box = (y0, x0, y0 + 40, x0 + 48)
+    box = (y0, x0, y0 + size[0], x0 + size[1])
     return red_image(height, width, box, seed=index), [
         (0, (box[0] / height, box[1] / width, box[2] / height, box[3] / width))]
+
+
+def write_model_dir(model_dir, model, labels, level: int, config: ModelConfig = TINY) -> str:
+    """A train.py run directory for `model`: config.json (model, input, labels, level) and
+    checkpoints/ckpt-1 holding every weight, as model.export.load_model reads it."""
+    from model.training import checkpoint_weights, save_config
+    from tfrecords.input_pipeline import InputConfig
+
+    save_config(os.path.join(model_dir, "config.json"), model=config,
+                input=InputConfig("", image_min_side=MIN_SIDE, image_max_side=MAX_SIDE,
+                                  anchors=config.anchors),
+                level=level, labels=list(labels))
+    checkpoint = tf.train.Checkpoint(weights=checkpoint_weights(model))
+    tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),
+                               max_to_keep=1).save(checkpoint_number=1)
+    return str(model_dir)

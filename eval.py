@@ -1,0 +1,182 @@
+"""Evaluate one level's model on its val records with the Open Images Challenge metric.
+
+    python eval.py --flagfile=r101.flags --level 1 --records_dir RECORDS --model_dir runs/l1 \
+        --data_dir DATA
+    python eval.py --flagfile=demo.flags --level 1 --records_dir demo_out/records \
+        --model_dir demo_out/models/level1 --data_dir demo_out/data
+
+Phases: flags -> the level's labels and ground truth -> strategy -> the model (a training
+run's checkpoint or a SavedModel, in the strategy's scope) -> batched inference on every
+replica streamed into the evaluator -> OUTPUT_DIR/metrics.json and per_class.csv
+[+ the level's predictions as a Kaggle submission].
+
+The model's architecture and canvas come from its own config.json, so a train.py flagfile
+may be passed as is: the training flags in it that eval.py does not define are ignored
+(on the command line an unknown flag is still an error).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("level", 1, "Level to evaluate (RECORDS_DIR/level{N}).")
+flags.DEFINE_string("records_dir", None, "Output directory of beam_jobs/make_records.py.")
+flags.DEFINE_string("model_dir", None,
+                    "A train.py run (config.json + checkpoints/) or an exported SavedModel.")
+flags.DEFINE_string("checkpoint", None,
+                    "A checkpoint of MODEL_DIR to evaluate (e.g. MODEL_DIR/checkpoints/ckpt-4000); "
+                    "default the latest.")
+flags.DEFINE_string("split", "val", "Records {split}-*.tfrecord with {split}-bbox.csv and "
+                    "{split}-image-labels.csv beside them.")
+flags.DEFINE_string("data_dir", None, "DATA_DIR whose label/ holds the class table and hierarchy.")
+flags.DEFINE_string("classes", None, "Class table CSV (MID,DisplayName); default from --data_dir.")
+flags.DEFINE_string("hierarchy", None, "Hierarchy JSON; default from --data_dir.")
+flags.DEFINE_integer("batch_size", 8, "Images per step over all replicas.")
+flags.DEFINE_float("score_threshold", 0.05, "Detections scoring below are dropped.")
+flags.DEFINE_float("nms_iou", 0.5, "Per-class NMS IoU threshold.")
+flags.DEFINE_integer("max_detections", 300, "Detections kept per image.")
+flags.DEFINE_integer("pre_nms_top_k", 1000, "(anchor, class) candidates per image before NMS.")
+flags.DEFINE_bool("flip_tta", False, "Also run the mirrored image and merge (per-class NMS).")
+flags.DEFINE_string("output_dir", None, "metrics.json and per_class.csv; default MODEL_DIR/eval.")
+flags.DEFINE_string("predictions_csv", None,
+                    "Also write the level's detections as a Kaggle submission (.gz: gzipped).")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
+                                       "default"],
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
+flags.mark_flags_as_required(["records_dir", "model_dir"])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, except that flags this program does not define are ignored when
+    they come from a --flagfile (a train.py flagfile holds many); on the command line they
+    are an error."""
+    try:
+        rest = FLAGS(argv, known_only=True)
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help "
+                 "on flags.")
+    direct = set(argv[1:])
+    unknown = [a for a in rest[1:] if a.startswith("-") and a in direct]
+    if unknown:
+        sys.exit(f"FATAL Flags parsing error: Unknown command line flag {unknown[0]!r}\n"
+                 "Pass --helpshort or --helpfull to see help on flags.")
+    return rest[:1]
+
+
+def class_files(data_dir: str | None, classes: str | None,
+                hierarchy: str | None) -> tuple[str, str]:
+    """(class table, hierarchy) paths from explicit flags, else from --data_dir."""
+    from oid.layout import DataLayout
+
+    if data_dir:
+        layout = DataLayout(data_dir)
+        classes, hierarchy = classes or layout.classes, hierarchy or layout.hierarchy
+    if not classes or not hierarchy:
+        sys.exit("the class table and hierarchy are needed: pass --data_dir DATA_DIR (its "
+                 "label/ folder) or --classes and --hierarchy")
+    return classes, hierarchy
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    import tensorflow as tf
+
+    from model.config import PostprocessConfig
+    from model.evaluation import LevelEvaluation, format_result, write_results
+    from model.inference import Inference, check_labels, is_saved_model, load_detector
+    from model.training import is_chief, make_strategy, wait_for_all_workers
+    from oid.classes import load_classes
+    from oid.hierarchy import load_hierarchy
+    from tfrecords.inference_input import RecordSource
+
+    # -- the level: labels, ground truth, records -----------------------------------------
+    level_dir = os.path.join(FLAGS.records_dir, f"level{FLAGS.level}")
+    labels_path = os.path.join(level_dir, "labels.json")
+    boxes_csv = os.path.join(level_dir, f"{FLAGS.split}-bbox.csv")
+    labels_csv = os.path.join(level_dir, f"{FLAGS.split}-image-labels.csv")
+    for path in (labels_path, boxes_csv, labels_csv):
+        if not tf.io.gfile.exists(path):
+            sys.exit(f"{path} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
+                     f"--output_dir {FLAGS.records_dir} first")
+    with tf.io.gfile.GFile(labels_path) as f:
+        labels = json.load(f)
+    classes_path, hierarchy_path = class_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
+    classes = load_classes(classes_path)
+    total = None
+    stats_path = os.path.join(level_dir, "stats.json")
+    if tf.io.gfile.exists(stats_path):
+        with tf.io.gfile.GFile(stats_path) as f:
+            total = json.load(f).get("splits", {}).get(FLAGS.split, {}).get("images")
+
+    # -- strategy and model ---------------------------------------------------------------
+    strategy = make_strategy(FLAGS.strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    checkpoint = FLAGS.checkpoint
+    if checkpoint is None and not is_saved_model(FLAGS.model_dir):
+        checkpoint = tf.train.latest_checkpoint(os.path.join(FLAGS.model_dir, "checkpoints"))
+    try:
+        detector = load_detector(FLAGS.model_dir, strategy, checkpoint)
+        check_labels(detector, labels, labels_path, FLAGS.level)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    logging.info("evaluating %s on %s", checkpoint or FLAGS.model_dir, level_dir)
+
+    # -- evaluate -------------------------------------------------------------------------
+    evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path), boxes_csv, labels_csv,
+                                 [e["mid"] for e in detector.labels])
+    post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
+                             max_detections=FLAGS.max_detections,
+                             pre_nms_top_k=FLAGS.pre_nms_top_k)
+    inference = Inference(strategy, [detector], post, FLAGS.flip_tta)
+    source = RecordSource(os.path.join(level_dir, f"{FLAGS.split}-*.tfrecord"))
+    chief = is_chief(strategy)
+    writer = None
+    if FLAGS.predictions_csv and chief:
+        from oid.submission import ImageDetections, SubmissionWriter
+
+        tf.io.gfile.makedirs(os.path.dirname(FLAGS.predictions_csv) or ".")
+        writer = SubmissionWriter(FLAGS.predictions_csv)
+
+    def on_image(row, mids):
+        if writer is not None:
+            dets = row.detections[0]
+            writer.write(ImageDetections(row.image_id, dets.boxes, dets.scores, mids))
+
+    try:
+        result = evaluation.evaluate(inference, source, FLAGS.batch_size, total=total,
+                                     on_image=on_image)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        stats = writer.close()
+        logging.info("wrote %d rows, %d detections to %s", stats.rows, stats.detections,
+                     FLAGS.predictions_csv)
+
+    # -- results --------------------------------------------------------------------------
+    output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval")
+    if chief:
+        write_results(result, output_dir, classes, level=FLAGS.level, split=FLAGS.split,
+                      model=FLAGS.model_dir, checkpoint=checkpoint,
+                      batch_size=FLAGS.batch_size, replicas=strategy.num_replicas_in_sync,
+                      score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
+                      max_detections=FLAGS.max_detections, pre_nms_top_k=FLAGS.pre_nms_top_k,
+                      flip_tta=FLAGS.flip_tta)
+        logging.info("level %d %s:\n%s\nwritten to %s/metrics.json and per_class.csv",
+                     FLAGS.level, FLAGS.split, format_result(result, classes), output_dir)
+    wait_for_all_workers(strategy)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
