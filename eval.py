@@ -70,20 +70,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest[:1]
 
 
-def class_files(data_dir: str | None, classes: str | None,
-                hierarchy: str | None) -> tuple[str, str]:
-    """(class table, hierarchy) paths from explicit flags, else from --data_dir."""
-    from oid.layout import DataLayout
-
-    if data_dir:
-        layout = DataLayout(data_dir)
-        classes, hierarchy = classes or layout.classes, hierarchy or layout.hierarchy
-    if not classes or not hierarchy:
-        sys.exit("the class table and hierarchy are needed: pass --data_dir DATA_DIR (its "
-                 "label/ folder) or --classes and --hierarchy")
-    return classes, hierarchy
-
-
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -91,7 +77,7 @@ def main(argv):
     import tensorflow as tf
 
     from model.config import PostprocessConfig
-    from model.evaluation import LevelEvaluation, format_result, write_results
+    from model.evaluation import LevelEvaluation, format_result, label_files, write_results
     from model.inference import Inference, check_labels, is_saved_model, load_detector
     from model.training import is_chief, make_strategy, wait_for_all_workers
     from oid.classes import load_classes
@@ -109,7 +95,10 @@ def main(argv):
                      f"--output_dir {FLAGS.records_dir} first")
     with tf.io.gfile.GFile(labels_path) as f:
         labels = json.load(f)
-    classes_path, hierarchy_path = class_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
+    try:
+        classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     classes = load_classes(classes_path)
     total = None
     stats_path = os.path.join(level_dir, "stats.json")

@@ -142,6 +142,24 @@ class LevelEvaluation:
             self.evaluator.add_detections(ids, boxes, scores, labels)
 
 
+def label_files(data_dir: str | None, classes: str | None = None,
+                hierarchy: str | None = None) -> tuple[str, str]:
+    """(class table, hierarchy) paths: the explicit ones, else DATA_DIR/label/'s (oid.layout).
+
+    Raises:
+      ValueError when neither is given.
+    """
+    from oid.layout import DataLayout
+
+    if data_dir:
+        layout = DataLayout(data_dir)
+        classes, hierarchy = classes or layout.classes, hierarchy or layout.hierarchy
+    if not classes or not hierarchy:
+        raise ValueError("the class table and hierarchy are needed: pass --data_dir DATA_DIR "
+                         "(its label/ folder) or --classes and --hierarchy")
+    return classes, hierarchy
+
+
 def write_results(result: LevelResult, output_dir: str, classes: ClassTable, **extra) -> None:
     """OUTPUT_DIR/metrics.json (see LevelResult.to_json) and OUTPUT_DIR/per_class.csv
     (mid,name,ap,num_gt, best AP first)."""
@@ -212,13 +230,12 @@ def training_callback(trainer, level_dir: str, data_dir: str, labels: Sequence[d
     from model.inference import detector_from_model
     from oid.classes import load_classes
     from oid.hierarchy import load_hierarchy
-    from oid.layout import DataLayout
     from tfrecords.inference_input import RecordSource
     from tfrecords.input_pipeline import list_files
 
-    layout = DataLayout(data_dir)
-    classes = load_classes(layout.classes)
-    evaluation = LevelEvaluation(classes, load_hierarchy(layout.hierarchy),
+    classes_path, hierarchy_path = label_files(data_dir)
+    classes = load_classes(classes_path)
+    evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path),
                                  os.path.join(level_dir, "val-bbox.csv"),
                                  os.path.join(level_dir, "val-image-labels.csv"),
                                  [e["mid"] for e in sorted(labels, key=lambda e: e["index"])])

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 MAX_ID_BYTES = 128  # OID ImageIDs have 16; a longer file stem is refused up front
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_ID_AND_IMAGE = {F.ENCODED: tf.io.FixedLenFeature([], tf.string),  # all inference reads
+                 F.SOURCE_ID: tf.io.FixedLenFeature([], tf.string)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,11 +225,9 @@ def _source_dataset(source: Source, input_context) -> tf.data.Dataset:
         num_parallel_calls=AUTOTUNE, deterministic=True)
     if not shard_files:
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
-    spec = {F.ENCODED: tf.io.FixedLenFeature([], tf.string),
-            F.SOURCE_ID: tf.io.FixedLenFeature([], tf.string)}
 
     def parse(serialized):
-        p = tf.io.parse_single_example(serialized, spec)
+        p = tf.io.parse_single_example(serialized, _ID_AND_IMAGE)
         return p[F.SOURCE_ID], tf.constant(b""), p[F.ENCODED]
 
     return ds.map(parse, num_parallel_calls=AUTOTUNE)
@@ -280,3 +280,19 @@ def build_inference_dataset(source: Source, canvases: Sequence[InputConfig],
     if local_replicas > 1:
         ds = ds.rebatch(per_replica)
     return ds.prefetch(AUTOTUNE)
+
+
+def read_images(source: RecordSource, image_ids: set[str]) -> dict[str, np.ndarray]:
+    """The decoded images ([h, w, 3] uint8, upright) of `image_ids` from the records, read
+    until all are found (for drawing a few images; unreadable ones are left out)."""
+    found: dict[str, np.ndarray] = {}
+    for serialized in tf.data.TFRecordDataset(list_files(source.file_pattern)):
+        p = tf.io.parse_single_example(serialized, _ID_AND_IMAGE)
+        image_id = p[F.SOURCE_ID].numpy().decode()
+        if image_id in image_ids and image_id not in found:
+            image, readable = decode_image_or_blank(p[F.ENCODED].numpy(), image_id)
+            if readable:
+                found[image_id] = image.numpy()
+            if len(found) == len(image_ids):
+                break
+    return found

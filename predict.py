@@ -1,0 +1,209 @@
+"""Predict the test set with one model (or an ensemble) per level and write a Kaggle submission.
+
+    python predict.py --model level1=runs/l1 --model level2=runs/l2 \
+        --images DATA/test --data_dir DATA --output submission.csv.gz
+    python predict.py --model level1=demo_out/models/level1 --model level2=demo_out/models/level2 \
+        --records 'demo_out/records/test/test-*.tfrecord' --data_dir demo_out/data \
+        --output demo_out/submission.csv.gz --visualize 5
+
+Phases: flags -> strategy -> every model in the strategy's scope (a train.py run's latest
+checkpoint or an exported SavedModel), each checked against its levelN= key -> one pass
+over the images: every model runs on every batch on every replica -> per image: levels
+merged, ensembles fused, boxes copied to ancestor classes, top K -> the submission,
+streamed (every image gets a row, an unreadable one an empty row) [-> PNGs of a few images].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_multi_string(
+    "model", None,
+    "levelN=DIR, once per model: DIR is a train.py run (config.json + checkpoints/) or an "
+    "exported SavedModel. Several models of one level are an ensemble (weighted boxes fusion).")
+flags.DEFINE_string("images", None, "Folder of JPEG/PNG images; the ImageId is the file stem.")
+flags.DEFINE_string("records", None, "Or: TFRecords (glob, comma-separated) from "
+                    "beam_jobs/make_records.py, e.g. 'RECORDS/test/test-*.tfrecord'.")
+flags.DEFINE_string("output", None, "The submission CSV (.gz: gzipped).")
+flags.DEFINE_string("data_dir", None, "DATA_DIR whose label/ holds the class table and hierarchy.")
+flags.DEFINE_string("classes", None, "Class table CSV (MID,DisplayName); default from --data_dir.")
+flags.DEFINE_string("hierarchy", None, "Hierarchy JSON; default from --data_dir.")
+flags.DEFINE_bool("expand", True, "Copy each box to every ancestor class (the challenge's "
+                  "ground truth is expanded, so a submission must be).")
+flags.DEFINE_string("levels_spec", None, "levels.json (python -m oid.levels): each model's "
+                    "classes must be its level's, in order.")
+flags.DEFINE_integer("top_k", 300, "Detections kept per image, after merging the levels and "
+                     "copying boxes to ancestors.")
+flags.DEFINE_float("score_threshold", 0.05, "Detections scoring below are dropped.")
+flags.DEFINE_integer("max_detections", 300, "Detections per image and model, after NMS.")
+flags.DEFINE_float("nms_iou", 0.5, "Per-class NMS IoU threshold (and of the flip TTA merge).")
+flags.DEFINE_integer("pre_nms_top_k", 1000, "(anchor, class) candidates per image before NMS.")
+flags.DEFINE_bool("flip_tta", False, "Also run every model on the mirrored image and merge "
+                  "both passes by per-class NMS.")
+flags.DEFINE_float("wbf_iou", 0.55, "Ensembles: boxes of one class fuse above this IoU.")
+flags.DEFINE_integer("batch_size", 8, "Images per step over all replicas.")
+flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
+                                       "default"],
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+flags.DEFINE_integer("visualize", 0, "Draw the detections of the first N images as PNGs.")
+flags.DEFINE_string("visualize_dir", None, "Where the PNGs go; default OUTPUT's folder/visualize.")
+flags.DEFINE_float("visualize_threshold", 0.3, "Boxes scoring below are not drawn.")
+flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
+flags.mark_flags_as_required(["model", "output"])
+
+_MODEL_FLAG = re.compile(r"level(\d+)=(.+)")
+
+
+def parse_models(values: list[str]) -> dict[int, list[str]]:
+    """["level1=DIR", "level1=DIR2", "level2=DIR3"] -> {1: [DIR, DIR2], 2: [DIR3]}."""
+    levels: dict[int, list[str]] = {}
+    for value in values:
+        match = _MODEL_FLAG.fullmatch(value)
+        if not match:
+            raise ValueError(f"--model {value!r}: expected levelN=DIR, e.g. level1=runs/level1")
+        levels.setdefault(int(match[1]), []).append(match[2])
+    return levels
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    if bool(FLAGS.images) == bool(FLAGS.records):
+        sys.exit("pass exactly one of --images DIR and --records PATTERN")
+    try:
+        models = parse_models(FLAGS.model)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    import tensorflow as tf
+
+    from model.config import PostprocessConfig
+    from model.evaluation import label_files
+    from model.inference import Inference, check_labels, load_detector
+    from model.prediction import Combiner
+    from model.training import is_chief, make_strategy, wait_for_all_workers
+    from oid.classes import load_classes
+    from oid.hierarchy import load_hierarchy
+    from oid.levels import LevelSpec
+    from oid.submission import SubmissionWriter
+    from tfrecords.inference_input import ImageFolderSource, RecordSource
+
+    classes_path = hierarchy_path = None
+    if FLAGS.expand or FLAGS.data_dir or FLAGS.classes:
+        try:
+            classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes,
+                                                       FLAGS.hierarchy)
+        except ValueError as e:
+            sys.exit(f"error: {e} (or --noexpand to leave boxes in their predicted classes)")
+    classes = load_classes(classes_path) if classes_path else None
+    hierarchy = load_hierarchy(hierarchy_path) if FLAGS.expand else None
+    spec = LevelSpec.load(FLAGS.levels_spec) if FLAGS.levels_spec else None
+    try:
+        source = ImageFolderSource.from_dir(FLAGS.images) if FLAGS.images \
+            else RecordSource(FLAGS.records)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    # -- strategy and models ----------------------------------------------------------------
+    strategy = make_strategy(FLAGS.strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    detectors, levels = [], {}
+    for level, dirs in sorted(models.items()):
+        for path in dirs:
+            try:
+                detector = load_detector(path, strategy)
+                if detector.level is None:
+                    raise ValueError(f"{path} does not say which level it was trained for; "
+                                     "export it again with train.py")
+                expected = [{"index": i, "mid": m} for i, m in enumerate(
+                    spec.level(level).classes)] if spec else detector.labels
+                check_labels(detector, expected, f"level {level} of {FLAGS.levels_spec}", level)
+                if levels.get(level):
+                    first = detectors[levels[level][0]]
+                    check_labels(detector, first.labels, f"the other level {level} model "
+                                 f"{first.name}", level)
+                if classes is not None:
+                    unknown = [m for m in detector.mids if m not in classes]
+                    if unknown:
+                        raise ValueError(f"{path} predicts {unknown[0]}, which is not in "
+                                         f"{classes_path}")
+            except (FileNotFoundError, ValueError) as e:
+                sys.exit(f"error: --model level{level}={path}: {e}")
+            levels.setdefault(level, []).append(len(detectors))
+            detectors.append(detector)
+            logging.info("level %d: %s (%d classes)", level, path, len(detector.labels))
+
+    # -- predict ----------------------------------------------------------------------------
+    post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
+                             max_detections=FLAGS.max_detections,
+                             pre_nms_top_k=FLAGS.pre_nms_top_k)
+    inference = Inference(strategy, detectors, post, FLAGS.flip_tta)
+    combine = Combiner(detectors, levels, hierarchy, FLAGS.top_k, FLAGS.score_threshold,
+                       FLAGS.wbf_iou)
+    chief = is_chief(strategy)
+    total = len(source.paths) if isinstance(source, ImageFolderSource) else None
+    shown = []  # ImageDetections of the first --visualize readable images
+    writer = None
+    if chief:
+        tf.io.gfile.makedirs(os.path.dirname(FLAGS.output) or ".")
+        writer = SubmissionWriter(FLAGS.output, image_ids=source.image_ids if total else None)
+    try:
+        for row in inference.run(source, FLAGS.batch_size, total=total, what="predict",
+                                 log_every_seconds=FLAGS.log_every_seconds):
+            dets = combine(row)
+            if writer is not None:
+                writer.write(dets)
+            if row.readable and len(shown) < FLAGS.visualize:
+                shown.append(dets)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    stats = inference.stats
+    if writer is not None:
+        written = writer.close()
+        logging.info("wrote %s: %d rows (%d with detections, %d unreadable images), %d "
+                     "detections; %.1f images/s", FLAGS.output, written.rows,
+                     written.images_with_detections, len(stats.unreadable), written.detections,
+                     stats.images_per_second)
+
+    # -- a few pictures -----------------------------------------------------------------------
+    if shown and chief:
+        out_dir = FLAGS.visualize_dir or os.path.join(os.path.dirname(FLAGS.output) or ".",
+                                                      "visualize")
+        visualize(shown, source, classes, detectors, out_dir, FLAGS.visualize_threshold)
+    wait_for_all_workers(strategy)
+
+
+def visualize(shown, source, classes, detectors, out_dir: str, threshold: float) -> None:
+    """OUT_DIR/{ImageId}.png for each ImageDetections of `shown`, with class names."""
+    from oid.visualize import draw_detections
+    from tfrecords.inference_input import ImageFolderSource, read_images
+
+    names = {e["mid"]: e["name"] for d in detectors for e in d.labels}
+    if classes is not None:
+        names.update({m: classes.name(m) for m in classes.mids})
+    wanted = {d.image_id for d in shown}
+    if isinstance(source, ImageFolderSource):
+        pictures = {i: p for i, p in zip(source.image_ids, source.paths, strict=True)
+                    if i in wanted}
+    else:
+        pictures = read_images(source, wanted)
+    drawn = 0
+    for dets in shown:
+        if dets.image_id in pictures:  # a record that no longer decodes is left out
+            draw_detections(pictures[dets.image_id], dets, names,
+                            os.path.join(out_dir, f"{dets.image_id}.png"), threshold)
+            drawn += 1
+    logging.info("drew %d images in %s", drawn, out_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
