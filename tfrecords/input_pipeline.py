@@ -115,7 +115,7 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
         low, high = config.scale_jitter
         scale *= tf.random.stateless_uniform([], _stateless_seed(seed, index, 2), low, high)
     scaled = tf.maximum(tf.round(size * scale), 1.0)
-    image = tf.image.resize(image, tf.cast(scaled, tf.int32), method="bilinear")
+    image = _resize_uint8(image, scaled)
     out = float(config.output_size)
 
     # Crop to the canvas when jitter made the image larger; the offset is random in training.
@@ -130,7 +130,6 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
     vi = tf.cast(visible, tf.int32)
     image = image[oi[0]:oi[0] + vi[0], oi[1]:oi[1] + vi[1], :]
     image = tf.image.pad_to_bounding_box(image, 0, 0, config.output_size, config.output_size)
-    image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
     # Boxes to canvas pixels; drop those the crop removed.
     pixel = boxes * tf.tile(scaled, [2]) - tf.tile(offset, [2])
@@ -155,6 +154,22 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
     }
 
 
+def _resize_uint8(image: tf.Tensor, scaled: tf.Tensor) -> tf.Tensor:
+    """[h, w, 3] uint8 -> [scaled h, scaled w, 3] uint8, bilinear, rounded.
+
+    Records are usually written at the training size already (make_records.py --max_side),
+    so the common case is no resize at all: then the image stays uint8 and only the crop and
+    the padding touch it, a third of the work of resizing to float and back."""
+    target = tf.cast(scaled, tf.int32)
+
+    def resize():
+        resized = tf.image.resize(image, target, method="bilinear")
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+    return tf.cond(tf.reduce_all(tf.equal(target, tf.shape(image)[:2])),
+                   lambda: tf.identity(image), resize)
+
+
 def inference_canvas(image: tf.Tensor, config: InputConfig) -> tuple[tf.Tensor, tf.Tensor]:
     """A decoded [h, w, 3] uint8 image -> (canvas [S, S, 3] uint8, image_info [4, 2]) exactly
     as preprocess_example builds them in evaluation (no flip, jitter or crop)."""
@@ -164,10 +179,8 @@ def inference_canvas(image: tf.Tensor, config: InputConfig) -> tuple[tf.Tensor, 
     scaled = tf.maximum(tf.round(size * scale), 1.0)
     out = float(config.output_size)
     visible = tf.cast(tf.minimum(scaled, out), tf.int32)
-    resized = tf.image.resize(image, tf.cast(scaled, tf.int32), method="bilinear")
-    resized = resized[:visible[0], :visible[1], :]
+    resized = _resize_uint8(image, scaled)[:visible[0], :visible[1], :]
     canvas = tf.image.pad_to_bounding_box(resized, 0, 0, config.output_size, config.output_size)
-    canvas = tf.cast(tf.clip_by_value(tf.round(canvas), 0, 255), tf.uint8)
     info = tf.stack([size, scaled, tf.stack([scale, scale]), tf.zeros([2])])
     return tf.ensure_shape(canvas, [config.output_size, config.output_size, 3]), info
 
