@@ -17,8 +17,9 @@ class ModelConfig:
       head_norm: "group", "batch" or "none" in the heads.
       prior: initial foreground probability of every anchor (focal loss prior).
       freeze_backbone: train only FPN and heads.
-      freeze_backbone_bn: run the backbone's BatchNorm layers in inference mode (their
-        statistics are unreliable at detection batch sizes and differ between replicas).
+      freeze_backbone_bn: run the backbone's BatchNorm layers in inference mode (the
+        pretrained statistics are better than those of small detection batches). None: only
+        when backbone_weights are given (a backbone trained from scratch needs its BatchNorm).
     """
 
     num_classes: int
@@ -32,7 +33,7 @@ class ModelConfig:
     prior: float = 0.01
     anchors: AnchorConfig = AnchorConfig()
     freeze_backbone: bool = False
-    freeze_backbone_bn: bool = True
+    freeze_backbone_bn: bool | None = None
 
     def __post_init__(self):
         if self.image_size % 128:

@@ -41,7 +41,8 @@ class RetinaNetHead(layers.Layer):
             per_level = []
             for i in range(convs):
                 if norm == "group":
-                    per_level.append(layers.GroupNormalization(32, name=f"gn{i}_l{level}"))
+                    per_level.append(layers.GroupNormalization(
+                        group_norm_groups(channels), name=f"gn{i}_l{level}"))
                 elif norm == "batch":
                     per_level.append(layers.BatchNormalization(name=f"bn{i}_l{level}"))
             self.norms.append(per_level)
@@ -82,3 +83,13 @@ class RetinaNetHead(layers.Layer):
 def prior_bias(prior: float = 0.01) -> float:
     """Bias that makes every anchor start at foreground probability `prior`."""
     return -math.log((1 - prior) / prior)
+
+
+def group_norm_groups(channels: int) -> int:
+    """RetinaNet's 32 GroupNorm groups, but at least 8 channels per group: narrower heads
+    (the CPU demo's 64 channels) would otherwise normalize pairs of channels, close to
+    instance norm, which rescales away how strongly a level responds as a whole."""
+    groups = max(1, min(32, channels // 8))
+    while channels % groups:
+        groups -= 1
+    return groups

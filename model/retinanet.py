@@ -24,7 +24,8 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
     backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights)
     if config.freeze_backbone:
         backbone.trainable = False
-    elif config.freeze_backbone_bn:
+    elif config.freeze_backbone_bn or (config.freeze_backbone_bn is None
+                                       and config.backbone_weights):
         for layer in _all_layers(backbone):
             if isinstance(layer, layers.BatchNormalization):
                 layer.trainable = False  # Keras 3: also runs it in inference mode

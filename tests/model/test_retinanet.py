@@ -1,10 +1,12 @@
+import keras
 import numpy as np
 import pytest
 
 from model.anchors import AnchorConfig
 from model.backbones import BACKBONES, build_backbone
 from model.config import ModelConfig
-from model.retinanet import build_inference_model, build_retinanet
+from model.heads import group_norm_groups
+from model.retinanet import _all_layers, build_inference_model, build_retinanet
 
 TINY = dict(fpn_channels=32, head_convs=1, head_channels=32, image_size=128)
 
@@ -70,3 +72,33 @@ def test_unknown_backbone():
 def test_image_size_multiple_of_128():
     with pytest.raises(ValueError, match="multiple of 128"):
         ModelConfig(num_classes=1, image_size=300)
+
+
+@pytest.mark.parametrize("channels,groups", [
+    (256, 32),  # RetinaNet's heads: 8 channels a group
+    (512, 32),  # never more than 32 groups
+    (64, 8),    # the demo's heads: 8, not 32 groups of 2 channels
+    (100, 10),  # 12 groups would not divide 100; the largest divisor below is 10
+    (4, 1),     # fewer than 8 channels: one group (LayerNorm over channels and space)
+])
+def test_group_norm_groups(channels, groups):
+    assert group_norm_groups(channels) == groups
+
+
+def test_backbone_batchnorm_frozen_only_with_pretrained_weights(tmp_path):
+    """A backbone trained from scratch needs its BatchNorm; pretrained statistics are kept."""
+    def bn_trainable(config):
+        model = build_retinanet(config)
+        return {layer.trainable for layer in _all_layers(model)
+                if isinstance(layer, keras.layers.BatchNormalization)}
+
+    base = dict(num_classes=2, backbone="resnet50", image_size=128, fpn_channels=16,
+                head_convs=1, head_channels=16)
+    assert bn_trainable(ModelConfig(**base)) == {True}
+    assert bn_trainable(ModelConfig(**base, freeze_backbone_bn=True)) == {False}
+    weights = tmp_path / "resnet50.weights.h5"
+    keras.applications.ResNet50(include_top=False, weights=None,
+                                input_shape=(128, 128, 3)).save_weights(weights)
+    assert bn_trainable(ModelConfig(**base, backbone_weights=str(weights))) == {False}
+    assert bn_trainable(ModelConfig(**base, backbone_weights=str(weights),
+                                    freeze_backbone_bn=False)) == {True}
