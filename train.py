@@ -34,7 +34,8 @@ flags.DEFINE_integer("shuffle_buffer", 512, "Examples in the shuffle buffer.")
 flags.DEFINE_bool("cache", False, "Cache the records in memory (small data).")
 flags.DEFINE_bool("label_in_pipeline", False,
                   "Compute anchor targets in tf.data (CPU) instead of the train step.")
-flags.DEFINE_integer("seed", None, "Seed for a deterministic input order and augmentation.")
+flags.DEFINE_integer("seed", None, "Seed of the initial weights, the input order and the "
+                     "augmentation (None: a random start).")
 # Model.
 flags.DEFINE_string("backbone", "resnet50", "Backbone (see model/backbones.py).")
 flags.DEFINE_string("backbone_weights", None, "Local weights file for the backbone.")
@@ -50,7 +51,11 @@ flags.DEFINE_string("init_checkpoint", None,
 # Loss.
 flags.DEFINE_float("focal_alpha", 0.25, "Focal loss alpha.")
 flags.DEFINE_float("focal_gamma", 2.0, "Focal loss gamma.")
-flags.DEFINE_enum("box_loss", "smooth_l1", ["smooth_l1", "huber"], "Box regression loss.")
+flags.DEFINE_enum("box_loss", "smooth_l1", ["smooth_l1", "huber"],
+                  "Box regression loss: smooth_l1 = huber / box_delta (about L1 of the encoded "
+                  "targets); huber weighs the boxes box_delta times less against the classes.")
+flags.DEFINE_float("box_delta", 1.0 / 9.0, "Beta of smooth-L1 / delta of Huber (encoded units).")
+flags.DEFINE_float("box_loss_weight", 1.0, "Multiplier of the box loss.")
 # Optimization.
 flags.DEFINE_integer("global_batch_size", 8, "Images per step over all replicas.")
 flags.DEFINE_integer("epochs", 50, "Epochs.")
@@ -127,7 +132,8 @@ def main(argv):
         head_convs=FLAGS.head_convs, head_channels=FLAGS.head_channels, head_norm=FLAGS.head_norm,
         anchors=anchors, freeze_backbone=FLAGS.freeze_backbone)
     loss_config = LossConfig(alpha=FLAGS.focal_alpha, gamma=FLAGS.focal_gamma,
-                             box_loss=FLAGS.box_loss)
+                             box_loss=FLAGS.box_loss, box_delta=FLAGS.box_delta,
+                             box_weight=FLAGS.box_loss_weight)
     train_config = TrainConfig(
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
         learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
@@ -144,6 +150,8 @@ def main(argv):
                  strategy.num_replicas_in_sync)
 
     # -- model, optimizer, checkpoint ----------------------------------------------------
+    if FLAGS.seed is not None:
+        keras.utils.set_random_seed(FLAGS.seed)  # the initial weights
     trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir)
     if trainer.is_chief:
         save_config(os.path.join(FLAGS.model_dir, "config.json"), model=model_config,
