@@ -111,6 +111,9 @@ def main(argv):
     logging.info("strategy %s with %d replicas", type(strategy).__name__,
                  strategy.num_replicas_in_sync)
     checkpoint = FLAGS.checkpoint
+    if checkpoint and is_saved_model(FLAGS.model_dir):
+        sys.exit(f"--checkpoint is for a training run's directory; {FLAGS.model_dir} is a "
+                 "SavedModel")
     if checkpoint is None and not is_saved_model(FLAGS.model_dir):
         checkpoint = tf.train.latest_checkpoint(os.path.join(FLAGS.model_dir, "checkpoints"))
     try:

@@ -19,7 +19,10 @@ kernels split their work by batch size, so scores can differ in the last bits of
 Several hosts (MultiWorkerMirroredStrategy): each input pipeline reads its share of the
 files (records) or of the image paths (tfrecords/inference_input.py), and
 strategy.gather collects every replica's rows, so that every worker sees every row (the
-chief writes). Same code path as one host.
+chief writes). Shares need not be equal: once a worker's input has ended, TensorFlow hands
+its replicas empty batches while the others finish, and the replica function pads them
+to full batches of rows that are not real. Same code path as one host (a test runs two
+workers on localhost).
 """
 
 from __future__ import annotations
@@ -37,7 +40,13 @@ import tensorflow as tf
 
 from model.config import ModelConfig, PostprocessConfig
 from model.postprocess import DetectionDecoder
-from tfrecords.inference_input import Source, build_inference_dataset, decode_image_ids
+from tfrecords.inference_input import (
+    Source,
+    build_inference_dataset,
+    decode_image_ids,
+    pad_batch,
+    per_replica_batch_size,
+)
 from tfrecords.input_pipeline import InputConfig
 
 log = logging.getLogger(__name__)
@@ -305,15 +314,21 @@ class Inference:
                                            dataclasses.asdict(d.model_config.anchors),
                                            dataclasses.asdict(post), name=f"decoder_{i}")
                           for i, d in enumerate(self.detectors)]
-        self._step = None
+        self._steps: dict[int, Callable] = {}
         self.stats = InferenceStats()
 
     def _detect(self, k: int, canvas: tf.Tensor, info: tf.Tensor) -> dict:
         raw = self.detectors[k].forward(canvas)
         return self._decoders[k](raw["cls_logits"], raw["box_deltas"], info)
 
-    def replica_fn(self, batch: dict) -> dict:
-        """One replica's batch -> its detections (every tensor numeric, batch-major)."""
+    def replica_fn(self, batch: dict, size: int) -> dict:
+        """One replica's batch -> its detections (every tensor numeric, batch-major).
+
+        The batch is padded to `size` rows: under MultiWorkerMirroredStrategy a worker whose
+        input has ended while another's has not gets an empty batch for the remaining steps,
+        and the model then runs on padding rows (real = 0) like the last batch's.
+        """
+        batch = pad_batch(batch, size)
         out = {"image_id": tf.cast(batch["image_id"], tf.int32),
                "real": tf.cast(batch["real"], tf.int32),
                "readable": tf.cast(batch["readable"], tf.int32)}
@@ -329,12 +344,12 @@ class Inference:
                 out[f"{k}/{name}"] = dets[name]
         return out
 
-    def _make_step(self):
+    def _make_step(self, size: int):
         strategy = self.strategy
 
         @tf.function
         def step(batch):
-            per_replica = strategy.run(self.replica_fn, args=(batch,))
+            per_replica = strategy.run(self.replica_fn, args=(batch, size))
             return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), per_replica)
 
         return step
@@ -354,12 +369,14 @@ class Inference:
           log_every_seconds: progress log interval (images, images per second, ETA).
         `self.stats` is reset and updated as rows are yielded.
         """
-        if self._step is None:
-            self._step = self._make_step()
+        size = per_replica_batch_size(global_batch_size, self.strategy.num_replicas_in_sync)
+        if size not in self._steps:  # one traced step per per-replica batch size
+            self._steps[size] = self._make_step(size)
+        step = self._steps[size]
         self.stats = stats = InferenceStats()
         start = last_log = time.monotonic()
         for batch in self.dataset(source, global_batch_size):
-            out = {k: v.numpy() for k, v in self._step(batch).items()}
+            out = {k: v.numpy() for k, v in step(batch).items()}
             ids = decode_image_ids(out["image_id"])
             for i in np.flatnonzero(out["real"]):
                 readable = bool(out["readable"][i])

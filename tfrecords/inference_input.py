@@ -148,7 +148,7 @@ def decode_image_or_blank(data: bytes, name: str) -> tuple[tf.Tensor, bool]:
     """
     try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+    except tf.errors.OpError as e:  # corrupt, truncated, not an image, too large, ...
         reason = e.message.splitlines()[0] if e.message else type(e).__name__
         log.warning("unreadable image %s (%s); it gets a row without detections", name, reason)
         return tf.zeros([1, 1, 3], tf.uint8), False
@@ -166,8 +166,7 @@ def _load(location: tf.Tensor, data: tf.Tensor, image_id: tf.Tensor):
     if location.numpy():
         try:
             raw = tf.io.read_file(location).numpy()
-        except (tf.errors.NotFoundError, tf.errors.PermissionDeniedError,
-                tf.errors.FailedPreconditionError) as e:
+        except tf.errors.OpError as e:  # gone, unreadable, a directory, ...
             log.warning("unreadable image %s (%s); it gets a row without detections", name,
                         e.message.splitlines()[0])
             return tf.zeros([1, 1, 3], tf.uint8), False
@@ -244,6 +243,11 @@ def pad_batch(batch: dict[str, tf.Tensor], size: int) -> dict[str, tf.Tensor]:
     return {k: pad(v) for k, v in batch.items()}
 
 
+def per_replica_batch_size(global_batch_size: int, replicas: int) -> int:
+    """Images per replica and step: the global batch split over the replicas, rounded up."""
+    return max(1, math.ceil(global_batch_size / replicas))
+
+
 def build_inference_dataset(source: Source, canvases: Sequence[InputConfig],
                             global_batch_size: int,
                             input_context: tf.distribute.InputContext | None = None,
@@ -268,7 +272,7 @@ def build_inference_dataset(source: Source, canvases: Sequence[InputConfig],
     if input_context is not None:
         replicas = input_context.num_replicas_in_sync
         pipelines = input_context.num_input_pipelines
-    per_replica = max(1, math.ceil(global_batch_size / replicas))
+    per_replica = per_replica_batch_size(global_batch_size, replicas)
     local_replicas = max(1, replicas // pipelines)
     group = per_replica * local_replicas
     ds = _source_dataset(source, input_context)
