@@ -1,8 +1,8 @@
 """Evaluate one level's model on its val records with the Open Images Challenge metric.
 
-    python eval.py --flagfile=r101.flags --level 1 --records_dir RECORDS --model_dir runs/l1 \
+    python eval.py --flagfile=r101.flags --level 1 --records_dir RECORDS --model_dir runs/l1 \\
         --data_dir DATA
-    python eval.py --flagfile=demo.flags --level 1 --records_dir demo_out/records \
+    python eval.py --flagfile=demo.flags --level 1 --records_dir demo_out/records \\
         --model_dir demo_out/models/level1 --data_dir demo_out/data
 
 Phases: flags -> the level's labels and ground truth -> strategy -> the model (a training

@@ -1,9 +1,9 @@
 """Predict the test set with one model (or an ensemble) per level and write a Kaggle submission.
 
-    python predict.py --model level1=runs/l1 --model level2=runs/l2 \
+    python predict.py --model level1=runs/l1 --model level2=runs/l2 \\
         --images DATA/test --data_dir DATA --output submission.csv.gz
-    python predict.py --model level1=demo_out/models/level1 --model level2=demo_out/models/level2 \
-        --records 'demo_out/records/test/test-*.tfrecord' --data_dir demo_out/data \
+    python predict.py --model level1=demo_out/models/level1 --model level2=demo_out/models/level2 \\
+        --records 'demo_out/records/test/test-*.tfrecord' --data_dir demo_out/data \\
         --output demo_out/submission.csv.gz --visualize 5
 
 Phases: flags -> strategy -> every model in the strategy's scope (a train.py run's latest
