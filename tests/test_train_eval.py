@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.model.inference_util import red_scene, write_label_files, write_level
+from tests.inference_fixtures import red_scene, write_label_files, write_level
 from tests.train_fixtures import ENV, train_cmd
 
 LABELS = [{"index": 0, "mid": "/m/red", "name": "red"}, {"index": 1, "mid": "/m/blue", "name": "blue"}]

@@ -11,7 +11,7 @@ from model.evaluation import LevelEvaluation, make_epoch_callback, write_results
 from model.inference import Inference
 from oid.classes import load_classes
 from oid.hierarchy import load_hierarchy
-from tests.model.inference_util import (
+from tests.inference_fixtures import (
     red_detector,
     red_image,
     save,

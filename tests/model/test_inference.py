@@ -22,7 +22,7 @@ from model.inference import (
     load_detector,
     unflip_boxes,
 )
-from tests.model.inference_util import (
+from tests.inference_fixtures import (
     LABELS,
     MAX_SIDE,
     MIN_SIDE,
@@ -239,7 +239,7 @@ def test_same_detections_for_batch_1_and_8_and_two_replicas(tmp_path):
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from model.config import PostprocessConfig
         from model.inference import Inference, detector_from_model
-        from tests.model.inference_util import (LABELS, MAX_SIDE, MIN_SIDE, TINY,
+        from tests.inference_fixtures import (LABELS, MAX_SIDE, MIN_SIDE, TINY,
                                                 spread_random_model)
         from tfrecords.inference_input import ImageFolderSource
 

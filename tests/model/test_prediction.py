@@ -6,7 +6,7 @@ import pytest
 from model.inference import Detections, Detector, ImageResult
 from model.prediction import Combiner
 from oid.hierarchy import Hierarchy
-from tests.model.inference_util import LABELS, LEVEL2_LABELS, MAX_SIDE, MIN_SIDE, TINY
+from tests.inference_fixtures import LABELS, LEVEL2_LABELS, MAX_SIDE, MIN_SIDE, TINY
 
 # green has two parents, shape and colour; red and blue are shapes.
 HIERARCHY = Hierarchy.from_json({"LabelName": "/m/0bl9f", "Subcategory": [
