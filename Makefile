@@ -19,13 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m oid.demo_data --out $(DEMO_OUT)/data --seed $(DEMO_SEED) --images $(DEMO_IMAGES)
-	$(PY) -m oid.levels --data_dir $(DEMO_OUT)/data --level_sizes 6 \
-	    --out $(DEMO_OUT)/levels.json --plot $(DEMO_OUT)/levels.png
-	$(PY) beam_jobs/make_records.py --data_dir $(DEMO_OUT)/data --levels_spec $(DEMO_OUT)/levels.json \
-	    --output_dir $(DEMO_OUT)/records --level all --max_side 320 --val_fraction 0.15 --log_every 0
-	$(PY) beam_jobs/make_records.py --data_dir $(DEMO_OUT)/data --output_dir $(DEMO_OUT)/records \
-	    --split test --max_side 320 --log_every 0
+	$(PY) tools/demo.py --out $(DEMO_OUT) --seed $(DEMO_SEED) --images $(DEMO_IMAGES)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --durations=15
@@ -37,6 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_labels.py
 	$(PY) benchmarks/bench_records.py
 	$(PY) benchmarks/bench_metric.py
+	$(PY) benchmarks/bench_submission.py
 
 # Bazel (Debian's offline bazel-bootstrap) over the same tests; pytest via
 # `make test` stays what CI runs. See third_party/bazel/README.md.
