@@ -27,9 +27,11 @@ on a CPU-only machine, and our step is a plain tf.function.
 
 Timing: --warmup steps (the first traces the function), then --steps steps, each
 timed from its call to its result (ours: around the train-step call; keras-hub: from
-on_train_batch_begin to on_train_batch_end, which leaves out the set-up that every
-fit() call does, about 2 s here); images/s = batch x steps / their sum. The default
-512x512, batch 2, suits a CPU; --image_size 1024 is our 1024x768 training canvas.
+on_train_batch_begin to on_train_batch_end); images/s = batch x steps / their sum.
+Timing the steps, not the fit() call, leaves out what fit() adds around them: on
+return it destroys its tf.data iterator and waits for the prefetch threads, 0 to 30 s
+here, which a long epoch would amortize. The default 512x512, batch 2, suits a CPU;
+--image_size 1024 is our 1024x768 training canvas.
 
 It also prints the forward FLOPs per image of our ResNet50/101/152 RetinaNets as
 trained (r50/r101/r152.flags: GroupNorm heads, 500 classes) on their canvases: the
