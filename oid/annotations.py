@@ -174,13 +174,7 @@ def _read(path, columns, required, classes, lenient, boxes, coord_dtype=np.float
             f"expected {','.join(columns)}")
     present = [c for c in columns if c in header]
     report = ReadReport(path)
-    malformed: list[str] = []
-
-    def on_invalid_row(row):
-        if not lenient:
-            return "error"
-        malformed.append(row.text)
-        return "skip"
+    on_invalid_row, malformed = fileio.invalid_row_collector(lenient)
 
     try:
         table = _arrow_read(path, present, on_invalid_row, typed=True, coord_dtype=coord_dtype)

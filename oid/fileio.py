@@ -68,3 +68,18 @@ def exists(path: str) -> bool:
 def join(*parts: str) -> str:
     """Joins path parts with '/', which is right for local POSIX paths and for URLs."""
     return "/".join([str(parts[0]).rstrip("/")] + [str(p).strip("/") for p in parts[1:]])
+
+
+def invalid_row_collector(lenient: bool):
+    """(handler, skipped) for pyarrow.csv's ParseOptions(invalid_row_handler=...): in
+    lenient mode a row with the wrong number of fields is skipped and its text appended to
+    `skipped`; otherwise Arrow raises at it."""
+    skipped: list[str] = []
+
+    def handler(row):
+        if not lenient:
+            return "error"
+        skipped.append(row.text)
+        return "skip"
+
+    return handler, skipped

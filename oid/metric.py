@@ -951,13 +951,7 @@ def _parse_fast_block(buf: np.ndarray, first_row: int):
 def _parse_general(path: str, lenient: bool) -> _Parsed:
     """Any CSV Arrow reads: quotes, CRLF, blank lines, tabs, runs of spaces, bad tokens."""
     id_column, num_fields = _header(path)
-    malformed: list[str] = []
-
-    def on_invalid_row(row):
-        if not lenient:
-            return "error"
-        malformed.append(row.text)
-        return "skip"
+    on_invalid_row, malformed = fileio.invalid_row_collector(lenient)
 
     try:
         with fileio.open_maybe_gzip(path, "rb") as f:
