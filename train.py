@@ -43,6 +43,10 @@ flags.DEFINE_integer("fpn_channels", 256, "FPN channels.")
 flags.DEFINE_integer("head_convs", 4, "Convolutions in each head.")
 flags.DEFINE_integer("head_channels", 256, "Channels of the head convolutions.")
 flags.DEFINE_enum("head_norm", "group", ["group", "batch", "none"], "Normalization in the heads.")
+flags.DEFINE_enum("backbone_norm", "group", ["group", "batch"],
+                  "Normalization in the small backbone (other backbones keep their own).")
+flags.DEFINE_float("bn_momentum", 0.99, "Moving-average momentum of the heads' and the small "
+                   "backbone's BatchNorm (0.9 for runs of a few hundred steps).")
 flags.DEFINE_list("anchor_sizes", ["32", "64", "128", "256", "512"], "Anchor size per level P3-P7.")
 flags.DEFINE_bool("freeze_backbone", False, "Train only the FPN and heads.")
 flags.DEFINE_string("init_checkpoint", None,
@@ -56,6 +60,9 @@ flags.DEFINE_enum("box_loss", "smooth_l1", ["smooth_l1", "huber"],
                   "targets); huber weighs the boxes box_delta times less against the classes.")
 flags.DEFINE_float("box_delta", 1.0 / 9.0, "Beta of smooth-L1 / delta of Huber (encoded units).")
 flags.DEFINE_float("box_loss_weight", 1.0, "Multiplier of the box loss.")
+flags.DEFINE_float("positive_iou", 0.5, "Anchors with IoU >= this to a box are its positives.")
+flags.DEFINE_float("negative_iou", 0.4, "Anchors with best IoU below this are background; "
+                   "between this and --positive_iou they are ignored.")
 # Optimization.
 flags.DEFINE_integer("global_batch_size", 8, "Images per step over all replicas.")
 flags.DEFINE_integer("epochs", 50, "Epochs.")
@@ -94,6 +101,7 @@ def main(argv):
 
     from model.anchors import AnchorConfig
     from model.config import LossConfig, ModelConfig
+    from model.labeler import LabelerConfig
     from model.training import (
         TrainConfig,
         Trainer,
@@ -118,6 +126,10 @@ def main(argv):
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes))
+    if not 0.0 < FLAGS.negative_iou <= FLAGS.positive_iou <= 1.0:
+        sys.exit(f"need 0 < --negative_iou <= --positive_iou <= 1, got {FLAGS.negative_iou} "
+                 f"and {FLAGS.positive_iou}")
+    labeler = LabelerConfig(positive_iou=FLAGS.positive_iou, negative_iou=FLAGS.negative_iou)
     input_config = InputConfig(
         file_pattern=os.path.join(level_dir, "train-*.tfrecord"), is_training=True,
         global_batch_size=FLAGS.global_batch_size, image_min_side=FLAGS.image_min_side,
@@ -125,12 +137,13 @@ def main(argv):
         scale_jitter=tuple(float(s) for s in FLAGS.scale_jitter),
         shuffle_buffer=FLAGS.shuffle_buffer, repeat_factor_sampling=FLAGS.repeat_factor_sampling,
         cache=FLAGS.cache, label_in_pipeline=FLAGS.label_in_pipeline, seed=FLAGS.seed,
-        anchors=anchors)
+        anchors=anchors, labeler=labeler)
     model_config = ModelConfig(
         num_classes=len(labels), backbone=FLAGS.backbone, backbone_weights=FLAGS.backbone_weights,
         image_size=input_config.output_size, fpn_channels=FLAGS.fpn_channels,
         head_convs=FLAGS.head_convs, head_channels=FLAGS.head_channels, head_norm=FLAGS.head_norm,
-        anchors=anchors, freeze_backbone=FLAGS.freeze_backbone)
+        backbone_norm=FLAGS.backbone_norm, bn_momentum=FLAGS.bn_momentum, anchors=anchors,
+        freeze_backbone=FLAGS.freeze_backbone)
     loss_config = LossConfig(alpha=FLAGS.focal_alpha, gamma=FLAGS.focal_gamma,
                              box_loss=FLAGS.box_loss, box_delta=FLAGS.box_delta,
                              box_weight=FLAGS.box_loss_weight)
@@ -152,7 +165,8 @@ def main(argv):
     # -- model, optimizer, checkpoint ----------------------------------------------------
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)  # the initial weights
-    trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir)
+    trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir,
+                      labeler)
     if trainer.is_chief:
         save_config(os.path.join(FLAGS.model_dir, "config.json"), model=model_config,
                     loss=loss_config, train=train_config, input=input_config,

@@ -17,8 +17,8 @@ outputs about 270 detections an image, as a trained model does at eval.py's 0.05
 takes a train.py run instead.
 Data: the demo's level-1 val records (make demo).
 
-Configurations: batch 1 and batch 8 (pre-NMS top 1000, eval.py's default), batch 8 with
-the PostprocessConfig default of 5000 pre-NMS candidates, batch 8 with flip TTA, and
+Configurations: batch 1 and batch 8 (pre-NMS top 1000, the default of eval.py, predict.py
+and the exported model), batch 8 with 5000 pre-NMS candidates, batch 8 with flip TTA, and
 batch 8 on two replicas (MirroredStrategy over two logical CPU devices of the same two
 cores). --with_submission also runs benchmarks/bench_submission.py (the submission
 writer's rows per second and peak memory) and adds its figures.

@@ -222,7 +222,7 @@ def make_epoch_callback(evaluation: LevelEvaluation, inference: Inference, sourc
 def training_callback(trainer, level_dir: str, data_dir: str, labels: Sequence[dict], level: int,
                       image_min_side: int, image_max_side: int, every_epochs: int,
                       global_batch_size: int,
-                      post: PostprocessConfig = PostprocessConfig(pre_nms_top_k=1000),
+                      post: PostprocessConfig = PostprocessConfig(),
                       ) -> Callable[[int, dict], None]:
     """make_epoch_callback for a model.training.Trainer: its live model on LEVEL_DIR's val
     records and ground truth, the class table and hierarchy of DATA_DIR (oid.layout), results

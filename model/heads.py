@@ -17,12 +17,14 @@ class RetinaNetHead(layers.Layer):
     channels. The convolution weights are shared by every level; normalization
     layers are per level (statistics differ between levels). The final
     convolution's bias starts at `bias_init` (the focal-loss prior for the
-    classification head) and it computes in float32 under mixed precision.
+    classification head) and it computes in float32 under mixed precision. BatchNorm
+    statistics are synchronized over replicas, so any replica count gives the result of
+    one device with the global batch.
     """
 
     def __init__(self, outputs_per_anchor: int, anchors_per_location: int = 9, convs: int = 4,
                  channels: int = 256, norm: str = "group", num_levels: int = 5,
-                 bias_init: float = 0.0, **kwargs):
+                 bias_init: float = 0.0, bn_momentum: float = 0.99, **kwargs):
         super().__init__(**kwargs)
         if norm not in ("group", "batch", "none"):
             raise ValueError(f"norm must be group, batch or none, got {norm!r}")
@@ -33,6 +35,7 @@ class RetinaNetHead(layers.Layer):
         self.norm = norm
         self.num_levels = num_levels
         self.bias_init = bias_init
+        self.bn_momentum = bn_momentum
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.tower = [layers.Conv2D(channels, 3, padding="same", kernel_initializer=init,
                                     name=f"conv{i}") for i in range(convs)]
@@ -44,7 +47,8 @@ class RetinaNetHead(layers.Layer):
                     per_level.append(layers.GroupNormalization(
                         group_norm_groups(channels), name=f"gn{i}_l{level}"))
                 elif norm == "batch":
-                    per_level.append(layers.BatchNormalization(name=f"bn{i}_l{level}"))
+                    per_level.append(layers.BatchNormalization(
+                        momentum=bn_momentum, synchronized=True, name=f"bn{i}_l{level}"))
             self.norms.append(per_level)
         self.out = layers.Conv2D(anchors_per_location * outputs_per_anchor, 3, padding="same",
                                  kernel_initializer=init,
@@ -77,7 +81,7 @@ class RetinaNetHead(layers.Layer):
         return {**super().get_config(), "outputs_per_anchor": self.outputs_per_anchor,
                 "anchors_per_location": self.anchors_per_location, "convs": self.convs,
                 "channels": self.channels, "norm": self.norm, "num_levels": self.num_levels,
-                "bias_init": self.bias_init}
+                "bias_init": self.bias_init, "bn_momentum": self.bn_momentum}
 
 
 def prior_bias(prior: float = 0.01) -> float:

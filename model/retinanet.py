@@ -21,7 +21,8 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = layers.Activation("linear", dtype="float32", name="to_float")(
         keras.ops.cast(image, "float32"))
-    backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights)
+    backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights,
+                              config.backbone_norm, config.bn_momentum)
     if config.freeze_backbone:
         backbone.trainable = False
     elif config.freeze_backbone_bn or (config.freeze_backbone_bn is None
@@ -33,9 +34,10 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
     k = config.anchors.anchors_per_location
     levels = len(config.anchors.levels)
     cls = RetinaNetHead(config.num_classes, k, config.head_convs, config.head_channels,
-                        config.head_norm, levels, prior_bias(config.prior), name="class_head")
+                        config.head_norm, levels, prior_bias(config.prior),
+                        bn_momentum=config.bn_momentum, name="class_head")
     box = RetinaNetHead(4, k, config.head_convs, config.head_channels, config.head_norm, levels,
-                        name="box_head")
+                        bn_momentum=config.bn_momentum, name="box_head")
     outputs = {"cls_logits": cls(features), "box_deltas": box(features)}
     return keras.Model(image, outputs, name="retinanet")
 

@@ -17,7 +17,12 @@ from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 
 
 @pytest.mark.slow
-def test_mirrored_two_devices_same_loss_and_gradients_as_one_device():
+@pytest.mark.parametrize("norm", ["group", "batch"])
+def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm):
+    # BatchNorm (small backbone and heads) must see the global batch's statistics on every
+    # replica, or two devices of 2 images would normalize differently from one device of 4.
+    norm_args = ('backbone_norm="batch", head_norm="batch", bn_momentum=0.9' if norm == "batch"
+                 else 'head_norm="group"')
     script = textwrap.dedent("""
         import numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
@@ -29,7 +34,7 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device():
         from model.training import Trainer, TrainConfig
 
         config = ModelConfig(num_classes=3, backbone="small", image_size=128, fpn_channels=16,
-                             head_convs=1, head_channels=32,
+                             head_convs=1, head_channels=32, NORM_ARGS,
                              anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)))
         rng = np.random.default_rng(0)
         batch = {"image": rng.integers(0, 255, (4, 128, 128, 3)).astype(np.uint8),
@@ -57,18 +62,24 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device():
             def apply(b):
                 strategy.run(lambda x: trainer._apply(trainer.replica_step(x)[1]), args=(b,))
             apply(next(iter(data)))
-            results[name] = (losses, grads, [w.numpy() for w in trainer.model.trainable_weights])
-        (l1, g1, w1), (l2, g2, w2) = results["one"], results["two"]
+            results[name] = (losses, grads, [w.numpy() for w in trainer.model.trainable_weights],
+                             [w.numpy() for w in trainer.model.non_trainable_weights])
+        (l1, g1, w1, s1), (l2, g2, w2, s2) = results["one"], results["two"]
         for k in l1:
             np.testing.assert_allclose(l1[k].numpy(), l2[k].numpy(), rtol=1e-5, err_msg=k)
         for a, b in zip(g1, g2):
             np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
         # One Adam step (lr 1e-3) moves weights by about 1e-3; for gradients near Adam's
-        # epsilon, last-bit differences in the summed gradient move them a few 1e-6 apart.
+        # epsilon, last-bit differences in the summed gradient move them up to a few 1e-5
+        # apart (5% of a step); a replica that saw other data would be a whole step off.
         for a, b in zip(w1, w2):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-5)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=5e-5)
+        # BatchNorm's moving statistics after the two steps (none with GroupNorm).
+        assert len(s1) == len(s2) and (len(s1) > 0) == (NORM == "batch"), len(s1)
+        for a, b in zip(s1, s2):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         print("OK", float(l1["loss"]), len(g1))
-    """)
+    """).replace("NORM_ARGS", norm_args).replace("NORM", repr(norm))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=ENV, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -124,6 +135,23 @@ def test_missing_records_is_a_clear_error(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "labels.json not found: run beam_jobs/make_records.py" in out.stderr
+
+
+def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
+    make_records(str(tmp_path / "records" / "level1"))
+    bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
+                                   "--positive_iou=0.3", "--negative_iou=0.4"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "need 0 < --negative_iou <= --positive_iou <= 1, got 0.4 and 0.3" in bad.stderr
+    run = tmp_path / "run"
+    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                   "--steps_per_epoch=1", "--export=false",
+                                   "--positive_iou=0.45", "--negative_iou=0.35"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    labeler = json.loads((run / "config.json").read_text())["input"]["labeler"]
+    assert (labeler["positive_iou"], labeler["negative_iou"]) == (0.45, 0.35)
 
 
 @pytest.mark.slow

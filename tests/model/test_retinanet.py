@@ -102,3 +102,31 @@ def test_backbone_batchnorm_frozen_only_with_pretrained_weights(tmp_path):
     assert bn_trainable(ModelConfig(**base, backbone_weights=str(weights))) == {False}
     assert bn_trainable(ModelConfig(**base, backbone_weights=str(weights),
                                     freeze_backbone_bn=False)) == {True}
+
+
+def test_small_backbone_batch_norm_momentum_and_serialization(tmp_path):
+    config = ModelConfig(num_classes=3, backbone="small", backbone_norm="batch",
+                         head_norm="batch", bn_momentum=0.9, **TINY)
+    model = build_retinanet(config)
+    bns = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    heads = [norm for head in ("class_head", "box_head")
+             for per_level in model.get_layer(head).norms for norm in per_level]
+    # 6 backbone convolutions from the third stage on; 1 conv x 5 levels x 2 heads.
+    assert len(bns) == 6 and len(heads) == 10
+    assert all(layer.momentum == 0.9 and layer.synchronized for layer in bns + heads)
+    assert not [layer for layer in _all_layers(model)
+                if isinstance(layer, keras.layers.GroupNormalization)]
+    # One training-mode call moves the moving mean by (1 - momentum) of the batch mean.
+    x = np.random.default_rng(0).integers(0, 255, (2, 128, 128, 3)).astype(np.uint8)
+    model(x, training=True)
+    assert np.abs(bns[0].moving_mean.numpy()).max() > 0
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    again = keras.saving.load_model(path)
+    np.testing.assert_allclose(again(x)["cls_logits"], model(x)["cls_logits"], atol=1e-5)
+    assert again.get_layer("class_head").bn_momentum == 0.9
+
+
+def test_small_backbone_rejects_an_unknown_norm():
+    with pytest.raises(ValueError, match="group or batch, got 'layer'"):
+        build_backbone("small", (128, 128, 3), norm="layer")
