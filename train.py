@@ -103,6 +103,7 @@ def main(argv):
     from model.config import LossConfig, ModelConfig
     from model.labeler import LabelerConfig
     from model.training import (
+        CheckpointMismatchError,
         TrainConfig,
         Trainer,
         make_strategy,
@@ -167,11 +168,15 @@ def main(argv):
         keras.utils.set_random_seed(FLAGS.seed)  # the initial weights
     trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir,
                       labeler)
+    try:  # a resumed run must be the same model; checked before config.json is replaced
+        resumed_step = trainer.restore()
+    except CheckpointMismatchError as e:
+        sys.exit(str(e))
     if trainer.is_chief:
         save_config(os.path.join(FLAGS.model_dir, "config.json"), model=model_config,
                     loss=loss_config, train=train_config, input=input_config,
                     level=FLAGS.level, labels=labels)
-    if FLAGS.init_checkpoint and trainer.restore() == 0:
+    if FLAGS.init_checkpoint and resumed_step == 0:
         from model.export import load_model
 
         previous, _ = load_model(FLAGS.init_checkpoint)

@@ -228,7 +228,14 @@ class Trainer:
         """Restores the latest checkpoint of this run if any; returns the step."""
         latest = self.latest_checkpoint()
         if latest:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except (AssertionError, ValueError) as e:  # missing variables; other shapes
+                raise CheckpointMismatchError(
+                    f"{latest} does not fit this model: it was written by a run with another "
+                    f"configuration (backbone, normalization, heads, anchors or classes). "
+                    f"Resume with that run's flags, or train in a new --model_dir. "
+                    f"Detail: {str(e)[:300]}") from e
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
@@ -392,6 +399,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     raise ValueError(f"strategy must be auto, mirrored, multi_worker, one_device or default, "
                      f"got {name!r}")
+
+
+class CheckpointMismatchError(ValueError):
+    """The model directory's checkpoint was written by a differently configured model."""
 
 
 def save_config(path: str, **configs) -> None:

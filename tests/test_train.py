@@ -137,6 +137,25 @@ def test_missing_records_is_a_clear_error(tmp_path):
     assert "labels.json not found: run beam_jobs/make_records.py" in out.stderr
 
 
+def test_resuming_with_another_model_is_refused_and_keeps_the_config(tmp_path):
+    make_records(str(tmp_path / "records" / "level1"))
+    run = tmp_path / "run"
+    first = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                     "--steps_per_epoch=1", "--export=false"),
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    saved = (run / "config.json").read_text()
+    # Same model_dir, but BatchNorm heads: the checkpoint has no moving statistics for them.
+    again = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=2",
+                                     "--steps_per_epoch=1", "--export=false",
+                                     "--head_norm=batch"),
+                           env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode != 0
+    assert "ckpt-1 does not fit this model" in again.stderr
+    assert "train in a new --model_dir" in again.stderr
+    assert (run / "config.json").read_text() == saved
+
+
 def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
     make_records(str(tmp_path / "records" / "level1"))
     bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),

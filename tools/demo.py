@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +124,9 @@ def main(argv=None) -> int:
     summary: dict = {"levels": {}}
     for level in level_ids:
         model_dir = os.path.join(models, f"level{level}")
+        # A fresh run: train.py would resume an earlier demo's checkpoints (or refuse them
+        # when the flagfile has changed the model).
+        shutil.rmtree(model_dir, ignore_errors=True)
         train_s = run([py, "train.py", f"--flagfile={args.flagfile}", f"--level={level}",
                        f"--records_dir={records}", f"--model_dir={model_dir}",
                        *shlex.split(args.train_args)],
