@@ -138,6 +138,7 @@ class Trainer:
         self.loss_config = loss_config
         self.config = train_config
         self.model_dir = model_dir
+        self._restored: str | None = None  # the checkpoint restore() has read
         self.labeler = labeler
         self.anchors = tf.constant(generate_anchors(model_config.image_size,
                                                     model_config.image_size,
@@ -227,6 +228,8 @@ class Trainer:
     def restore(self) -> int:
         """Restores the latest checkpoint of this run if any; returns the step."""
         latest = self.latest_checkpoint()
+        if latest and latest == self._restored:
+            return int(self.step.numpy())  # train.py checks before fit(); read it once
         if latest:
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
@@ -236,6 +239,7 @@ class Trainer:
                     f"configuration (backbone, normalization, heads, anchors or classes). "
                     f"Resume with that run's flags, or train in a new --model_dir. "
                     f"Detail: {str(e)[:300]}") from e
+            self._restored = latest
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
 
