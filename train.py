@@ -47,7 +47,11 @@ flags.DEFINE_enum("backbone_norm", "group", ["group", "batch"],
                   "Normalization in the small backbone (other backbones keep their own).")
 flags.DEFINE_float("bn_momentum", 0.99, "Moving-average momentum of the heads' and the small "
                    "backbone's BatchNorm (0.9 for runs of a few hundred steps).")
+flags.DEFINE_float("backbone_width", 1.0, "Channel multiplier of the small backbone.")
 flags.DEFINE_list("anchor_sizes", ["32", "64", "128", "256", "512"], "Anchor size per level P3-P7.")
+flags.DEFINE_list("anchor_ratios", ["0.5", "1.0", "2.0"], "Anchor height/width ratios.")
+flags.DEFINE_list("anchor_scales", ["1.0", "1.2599210498948732", "1.5874010519681994"],
+                  "Anchor scales, multiples of the level's size (RetinaNet: 2^0, 2^1/3, 2^2/3).")
 flags.DEFINE_bool("freeze_backbone", False, "Train only the FPN and heads.")
 flags.DEFINE_string("init_checkpoint", None,
                     "MODEL_DIR of a previous run (e.g. level 1) to start from; layers whose "
@@ -77,6 +81,8 @@ flags.DEFINE_integer("plateau_patience", 2, "... after this many epochs without 
 flags.DEFINE_float("min_learning_rate", 5e-6, "Floor of the schedules.")
 flags.DEFINE_integer("warmup_steps", 500, "Cosine: linear warm-up steps.")
 flags.DEFINE_bool("mixed_precision", False, "float16 compute with loss scaling (GPUs).")
+flags.DEFINE_bool("jit_compile", False, "Compile each replica's forward and backward pass with "
+                  "XLA (not with BatchNorm synchronized over several replicas).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
                                        "default"],
                   "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
@@ -126,7 +132,12 @@ def main(argv):
         sys.exit("--eval_every_epochs needs --eval_data_dir (the class table and hierarchy)")
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes))
+    try:
+        anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes),
+                               ratios=tuple(float(r) for r in FLAGS.anchor_ratios),
+                               scales=tuple(float(s) for s in FLAGS.anchor_scales))
+    except ValueError as e:
+        sys.exit(f"bad anchor flags: {e}")
     if not 0.0 < FLAGS.negative_iou <= FLAGS.positive_iou <= 1.0:
         sys.exit(f"need 0 < --negative_iou <= --positive_iou <= 1, got {FLAGS.negative_iou} "
                  f"and {FLAGS.positive_iou}")
@@ -144,6 +155,7 @@ def main(argv):
         image_size=input_config.output_size, fpn_channels=FLAGS.fpn_channels,
         head_convs=FLAGS.head_convs, head_channels=FLAGS.head_channels, head_norm=FLAGS.head_norm,
         backbone_norm=FLAGS.backbone_norm, bn_momentum=FLAGS.bn_momentum, anchors=anchors,
+        backbone_width=FLAGS.backbone_width,
         freeze_backbone=FLAGS.freeze_backbone)
     loss_config = LossConfig(alpha=FLAGS.focal_alpha, gamma=FLAGS.focal_gamma,
                              box_loss=FLAGS.box_loss, box_delta=FLAGS.box_delta,
@@ -155,6 +167,7 @@ def main(argv):
         schedule=FLAGS.schedule, plateau_factor=FLAGS.plateau_factor,
         plateau_patience=FLAGS.plateau_patience, min_learning_rate=FLAGS.min_learning_rate,
         warmup_steps=FLAGS.warmup_steps, mixed_precision=FLAGS.mixed_precision,
+        jit_compile=FLAGS.jit_compile,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline)
 
@@ -166,8 +179,11 @@ def main(argv):
     # -- model, optimizer, checkpoint ----------------------------------------------------
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)  # the initial weights
-    trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir,
-                      labeler)
+    try:
+        trainer = Trainer(strategy, model_config, loss_config, train_config, FLAGS.model_dir,
+                          labeler)
+    except ValueError as e:  # a combination of flags the model cannot run
+        sys.exit(str(e))
     try:  # a resumed run must be the same model; checked before config.json is replaced
         resumed_step = trainer.restore()
     except CheckpointMismatchError as e:

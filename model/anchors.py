@@ -32,6 +32,10 @@ class AnchorConfig:
     def __post_init__(self):
         if len(self.sizes) != self.max_level - self.min_level + 1:
             raise ValueError(f"{len(self.sizes)} sizes for levels {self.min_level}-{self.max_level}")
+        for name in ("sizes", "ratios", "scales"):
+            values = getattr(self, name)
+            if not values or min(values) <= 0:
+                raise ValueError(f"anchor {name} must be positive numbers, got {values}")
 
     @property
     def levels(self) -> range:

@@ -77,19 +77,24 @@ def _preprocess(x, kind: str):
     return x
 
 
-def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99) -> list:
+def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99,
+                    width: float = 1.0) -> list:
     """Five stride-2 stages of 3x3 convolutions, C3-C5 at strides 8, 16 and 32.
 
     The first two stages (1/2 and 1/4 resolution) have biases and no normalization: there
     it would take a third of the backbone's time. From the third stage on, `norm`:
     "group" (GroupNorm, independent of batch size and replicas) or "batch" (BatchNorm with
     `bn_momentum`, statistics synchronized over replicas; trains faster from scratch).
+    `width` multiplies every stage's channels (16, 32, 64, 128, 192), rounded to multiples of 8.
     """
     if norm not in ("group", "batch"):
         raise ValueError(f"the small backbone's norm must be group or batch, got {norm!r}")
+    if width <= 0:
+        raise ValueError(f"the small backbone's width must be positive, got {width}")
     x = inputs / 255.0
     outs = []
     for stage, (channels, blocks) in enumerate([(16, 1), (32, 1), (64, 2), (128, 2), (192, 2)]):
+        channels = max(8, int(round(channels * width / 8)) * 8)
         for b in range(blocks):
             x = layers.Conv2D(channels, 3, strides=2 if b == 0 else 1, padding="same",
                               use_bias=stage < 2, name=f"small_s{stage}_b{b}_conv")(x)
@@ -105,13 +110,14 @@ def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99) -> l
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None = None,
-                   norm: str = "group", bn_momentum: float = 0.99) -> keras.Model:
+                   norm: str = "group", bn_momentum: float = 0.99,
+                   width: float = 1.0) -> keras.Model:
     """The backbone `name` as a model: [B, H, W, 3] float in [0, 255] -> [C3, C4, C5].
 
     Args:
       weights: a local weights file for the keras.applications model (e.g. ImageNet), or None.
-      norm, bn_momentum: the small backbone's normalization (see _small_backbone); the
-        keras.applications backbones keep their own.
+      norm, bn_momentum, width: the small backbone's normalization and channel multiplier
+        (see _small_backbone); the keras.applications backbones keep their own.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -120,7 +126,8 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     if spec.build is None:
         if weights:
             raise ValueError("the small backbone has no pretrained weights")
-        return keras.Model(inputs, _small_backbone(inputs, norm, bn_momentum), name=f"backbone_{name}")
+        return keras.Model(inputs, _small_backbone(inputs, norm, bn_momentum, width),
+                           name=f"backbone_{name}")
     net = spec.build(include_top=False, weights=weights, input_shape=input_shape)
     features = keras.Model(net.inputs, [net.get_layer(t).output for t in spec.taps],
                            name=f"{name}_features")

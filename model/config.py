@@ -20,6 +20,7 @@ class ModelConfig:
       bn_momentum: moving-average momentum of the heads' and the small backbone's BatchNorm.
         Keras' 0.99 averages over about 100 steps; a run of a few hundred steps wants 0.9,
         or the inference statistics lag behind weights that are still changing fast.
+      backbone_width: channel multiplier of the small backbone.
       prior: initial foreground probability of every anchor (focal loss prior).
       freeze_backbone: train only FPN and heads.
       freeze_backbone_bn: run the backbone's BatchNorm layers in inference mode (the
@@ -37,6 +38,7 @@ class ModelConfig:
     head_norm: str = "group"
     backbone_norm: str = "group"
     bn_momentum: float = 0.99
+    backbone_width: float = 1.0
     prior: float = 0.01
     anchors: AnchorConfig = AnchorConfig()
     freeze_backbone: bool = False

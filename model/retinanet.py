@@ -22,7 +22,7 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
     x = layers.Activation("linear", dtype="float32", name="to_float")(
         keras.ops.cast(image, "float32"))
     backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights,
-                              config.backbone_norm, config.bn_momentum)
+                              config.backbone_norm, config.bn_momentum, config.backbone_width)
     if config.freeze_backbone:
         backbone.trainable = False
     elif config.freeze_backbone_bn or (config.freeze_backbone_bn is None

@@ -41,6 +41,9 @@ class TrainConfig:
         warmup_steps, then cosine decay to min_learning_rate).
       clipnorm: per-tensor gradient norm limit applied to the gradient of the global batch.
       checkpoint_every_steps: also checkpoint at each epoch end.
+      jit_compile: compile each replica's forward and backward pass with XLA (anchor
+        labeling and the optimizer update, with their dynamic shapes and cross-replica
+        sums, stay outside the compiled cluster).
     """
 
     epochs: int = 50
@@ -59,6 +62,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     log_every_steps: int = 50
     label_in_pipeline: bool = False
+    jit_compile: bool = False
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
@@ -145,6 +149,15 @@ class Trainer:
                                                     model_config.anchors))
         with strategy.scope():
             self.model = (build_model or build_retinanet)(model_config)
+        if train_config.jit_compile and strategy.num_replicas_in_sync > 1 \
+                and _synchronized_batch_norms(self.model):
+            # A cross-replica sum inside an XLA cluster needs merge_call, which TF refuses
+            # in a nested function ("merge_call called while defining a new graph").
+            raise ValueError(
+                f"jit_compile with BatchNorm synchronized over "
+                f"{strategy.num_replicas_in_sync} replicas is not supported: use GroupNorm "
+                f"(--head_norm=group --backbone_norm=group), one replica, or no jit_compile")
+        with strategy.scope():
             self.optimizer = make_optimizer(train_config)
             self.optimizer.build(self.model.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -164,6 +177,8 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                                   max_to_keep=train_config.keep_checkpoints)
         self._train_step = None
+        self._gradients = tf.function(self._loss_and_gradients, jit_compile=True) \
+            if train_config.jit_compile else self._loss_and_gradients
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -175,11 +190,15 @@ class Trainer:
         ctx = tf.distribute.get_replica_context()
         normalizer = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                     num_positives(batch["cls_targets"]))
+        return self._gradients(batch["image"], batch["cls_targets"], batch["box_targets"],
+                               normalizer)
+
+    def _loss_and_gradients(self, images, cls_targets, box_targets, normalizer):
+        """[B, S, S, 3] images and [B, A] / [B, A, 4] targets -> (losses, gradients)."""
         with tf.GradientTape() as tape:
-            out = self.model(batch["image"], training=True)
-            losses = retinanet_loss(batch["cls_targets"], batch["box_targets"],
-                                    out["cls_logits"], out["box_deltas"], self.loss_config,
-                                    normalizer)
+            out = self.model(images, training=True)
+            losses = retinanet_loss(cls_targets, box_targets, out["cls_logits"],
+                                    out["box_deltas"], self.loss_config, normalizer)
             loss = losses["loss"]
             if self.config.mixed_precision:
                 loss = self.optimizer.scale_loss(loss)
@@ -321,6 +340,12 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, means)
         return means
+
+
+def _synchronized_batch_norms(model: keras.Model) -> list:
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)
+            and getattr(layer, "synchronized", False)]
 
 
 def checkpoint_weights(model: keras.Model) -> dict:

@@ -17,10 +17,12 @@ from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm", ["group", "batch"])
-def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm):
+@pytest.mark.parametrize("norm,jit", [("group", False), ("batch", False), ("group", True)])
+def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm, jit):
     # BatchNorm (small backbone and heads) must see the global batch's statistics on every
     # replica, or two devices of 2 images would normalize differently from one device of 4.
+    # With XLA (jit) each replica's forward and backward pass is compiled; synchronized
+    # BatchNorm cannot sum across replicas inside it, so that combination is refused.
     norm_args = ('backbone_norm="batch", head_norm="batch", bn_momentum=0.9' if norm == "batch"
                  else 'head_norm="group"')
     script = textwrap.dedent("""
@@ -49,7 +51,7 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm):
                                ("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))]:
             keras.utils.set_random_seed(1)
             trainer = Trainer(strategy, config, LossConfig(), TrainConfig(clipnorm=0.001,
-                              learning_rate=1e-3), "/tmp/unused_" + name)
+                              learning_rate=1e-3, jit_compile=JIT), "/tmp/unused_" + name)
             data = strategy.experimental_distribute_dataset(
                 tf.data.Dataset.from_tensors(batch))
             @tf.function
@@ -78,8 +80,16 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm):
         assert len(s1) == len(s2) and (len(s1) > 0) == (NORM == "batch"), len(s1)
         for a, b in zip(s1, s2):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        if NORM == "batch":
+            try:
+                Trainer(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), config,
+                        LossConfig(), TrainConfig(jit_compile=True), "/tmp/unused_jit")
+                raise AssertionError("jit_compile with synchronized BatchNorm was accepted")
+            except ValueError as e:
+                assert "synchronized over 2 replicas is not supported" in str(e), e
         print("OK", float(l1["loss"]), len(g1))
-    """).replace("NORM_ARGS", norm_args).replace("NORM", repr(norm))
+    """).replace("NORM_ARGS", norm_args).replace("NORM", repr(norm)) \
+        .replace("JIT", repr(jit))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env=ENV, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -171,6 +181,34 @@ def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     labeler = json.loads((run / "config.json").read_text())["input"]["labeler"]
     assert (labeler["positive_iou"], labeler["negative_iou"]) == (0.45, 0.35)
+
+
+def test_anchor_width_and_jit_flags_are_checked_and_recorded(tmp_path):
+    make_records(str(tmp_path / "records" / "level1"))
+    bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
+                                   "--anchor_scales=0,1"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "bad anchor flags: anchor scales must be positive numbers, got (0.0, 1.0)" \
+        in bad.stderr
+    run = tmp_path / "run"
+    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                   "--steps_per_epoch=2", "--export=false",
+                                   "--anchor_ratios=1", "--anchor_scales=0.5,1",
+                                   "--backbone_width=0.5", "--jit_compile"),
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["anchors"]["ratios"] == [1.0]
+    assert config["model"]["anchors"]["scales"] == [0.5, 1.0]
+    assert config["model"]["backbone_width"] == 0.5
+    assert config["train"]["jit_compile"] is True
+    # eval.py and predict.py rebuild the model from config.json: 2 anchors per location.
+    from model.export import load_model
+
+    model, model_config = load_model(str(run))
+    assert model_config.anchors.anchors_per_location == 2
+    assert model.get_layer("class_head").anchors_per_location == 2
 
 
 @pytest.mark.slow

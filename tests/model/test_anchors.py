@@ -55,3 +55,10 @@ def test_non_multiple_size_uses_ceil_grids():
 def test_sizes_must_match_levels():
     with pytest.raises(ValueError, match="sizes"):
         AnchorConfig(min_level=3, max_level=5, sizes=(32, 64))
+
+
+@pytest.mark.parametrize("field,value", [("ratios", ()), ("scales", (1.0, -0.5)),
+                                         ("sizes", (16, 32, 0, 128, 256))])
+def test_empty_or_non_positive_shapes_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"anchor {field} must be positive numbers"):
+        AnchorConfig(**{field: value})

@@ -130,3 +130,19 @@ def test_small_backbone_batch_norm_momentum_and_serialization(tmp_path):
 def test_small_backbone_rejects_an_unknown_norm():
     with pytest.raises(ValueError, match="group or batch, got 'layer'"):
         build_backbone("small", (128, 128, 3), norm="layer")
+
+
+def test_small_backbone_width_multiplies_the_channels():
+    # Stages 16, 32, 64, 128, 192 x 1.5 = 24, 48, 96, 192, 288; C3-C5 are the last three.
+    wide = build_backbone("small", (128, 128, 3), width=1.5)
+    assert [o.shape[-1] for o in wide.outputs] == [96, 192, 288]
+    assert wide.get_layer("small_s0_b0_conv").filters == 24
+    # 0.3 rounds every stage to a multiple of 8, never below 8: 8, 8, 16, 40, 56.
+    narrow = build_backbone("small", (128, 128, 3), width=0.3)
+    assert [o.shape[-1] for o in narrow.outputs] == [16, 40, 56]
+    assert narrow.get_layer("small_s0_b0_conv").filters == 8
+    config = ModelConfig(num_classes=2, backbone="small", backbone_width=1.5, **TINY)
+    model = build_retinanet(config)
+    assert model.get_layer("backbone_small").outputs[2].shape[-1] == 288
+    with pytest.raises(ValueError, match="width must be positive"):
+        build_backbone("small", (128, 128, 3), width=0)
