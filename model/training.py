@@ -411,7 +411,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
 
     auto: MultiWorkerMirroredStrategy when TF_CONFIG is set, else mirrored. mirrored:
     MirroredStrategy over every GPU (or every logical CPU device when there are several),
-    else one device. one_device: the first GPU, else the CPU. default: no strategy.
+    else TF's default strategy: on a CPU, OneDeviceStrategy trains at 0.6-0.7x its speed
+    (14 against 21-23 images/s for demo.flags in train.py on 2 cores; see
+    benchmarks/bench_strategy.py).
+    one_device: the first GPU, else the CPU. default: no strategy.
     """
     if name == "auto":
         name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
@@ -419,8 +422,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "mirrored":
         gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.MirroredStrategy() if gpus or len(
-            tf.config.list_logical_devices("CPU")) > 1 else tf.distribute.OneDeviceStrategy("/cpu:0")
+        if gpus or len(tf.config.list_logical_devices("CPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")

@@ -1,4 +1,4 @@
-"""The XLA-compiled forward and backward pass gives the plain one's losses and gradients."""
+"""The XLA-compiled forward and backward pass, and the strategy a lone CPU trains under."""
 
 import keras
 import numpy as np
@@ -39,3 +39,15 @@ def test_jit_compiled_step_matches_the_plain_step(tmp_path):
     assert len(g0) == len(g1)
     for a, b in zip(g0, g1, strict=True):
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-3, atol=1e-5)
+
+
+def test_one_cpu_trains_under_the_default_strategy():
+    # OneDeviceStrategy("/cpu:0") runs the same train step at 0.6-0.7x the speed
+    # (benchmarks/bench_strategy.py), so auto and mirrored fall back to no strategy at all.
+    from model.training import make_strategy
+
+    assert len(tf.config.list_logical_devices("CPU")) == 1
+    assert not tf.config.list_logical_devices("GPU")
+    assert make_strategy("auto") is tf.distribute.get_strategy()
+    assert make_strategy("mirrored") is tf.distribute.get_strategy()
+    assert isinstance(make_strategy("one_device"), tf.distribute.OneDeviceStrategy)
