@@ -48,7 +48,8 @@ flags.DEFINE_string("predictions_csv", None,
                     "Also write the level's detections as a Kaggle submission (.gz: gzipped).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
                                        "default"],
-                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs, "
+                  "else (one CPU) the default strategy.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
 flags.mark_flags_as_required(["records_dir", "model_dir"])
 

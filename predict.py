@@ -50,7 +50,8 @@ flags.DEFINE_float("wbf_iou", 0.55, "Ensembles: boxes of one class fuse above th
 flags.DEFINE_integer("batch_size", 8, "Images per step over all replicas.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
                                        "default"],
-                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs, "
+                  "else (one CPU) the default strategy.")
 flags.DEFINE_integer("visualize", 0, "Draw the detections of the first N images as PNGs.")
 flags.DEFINE_string("visualize_dir", None, "Where the PNGs go; default OUTPUT's folder/visualize.")
 flags.DEFINE_float("visualize_threshold", 0.3, "Boxes scoring below are not drawn.")

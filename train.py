@@ -85,7 +85,8 @@ flags.DEFINE_bool("jit_compile", False, "Compile each replica's forward and back
                   "XLA (not with BatchNorm synchronized over several replicas).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
                                        "default"],
-                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs.")
+                  "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs, "
+                  "else (one CPU) the default strategy.")
 flags.DEFINE_integer("checkpoint_every_steps", 1000, "Checkpoint interval (and every epoch end).")
 flags.DEFINE_integer("log_every_steps", 50, "Log and TensorBoard interval.")
 flags.DEFINE_bool("export", True, "Write the inference SavedModel at the end.")
