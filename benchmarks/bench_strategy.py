@@ -7,8 +7,9 @@ OneDeviceStrategy("/cpu:0"). Both run the same `Trainer._make_train_step()`
 and the AdamW update, in one tf.function, on the model of demo.flags (small
 backbone, BatchNorm from its third stage and in the heads, 64-channel FPN and 2 x 64
 heads, 6 classes, 256x256 canvas, anchors 16-256). The input is one synthetic
-batch repeated (random-noise images, 3 boxes per image in canvas pixels, (ymin,
-xmin, ymax, xmax), padded to 100 rows), so the input pipeline takes no part.
+batch repeated (bench_train_step.synthetic_batch: random-noise images, 2 to 12 boxes
+per image in canvas pixels, (ymin, xmin, ymax, xmax)), so the input pipeline takes
+no part.
 Each strategy runs in a fresh process; --warmup steps (the first traces), then
 --steps steps timed from the call to the result.
 
@@ -32,7 +33,6 @@ STRATEGIES = {"default": "default strategy (ours)", "one_device": "OneDeviceStra
 
 def run_child(args) -> dict:
     sys.path.insert(0, REPO)
-    import numpy as np
     import tensorflow as tf
 
     from model.anchors import AnchorConfig
@@ -49,14 +49,11 @@ def run_child(args) -> dict:
                       TrainConfig(optimizer="adamw", learning_rate=1e-3, clipnorm=None,
                                   schedule="cosine", warmup_steps=10),
                       "/tmp/bench_strategy_unused")
-    rng = np.random.default_rng(0)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_train_step import synthetic_batch
+
     b = args.batch_size
-    boxes = np.zeros((b, 100, 4), np.float32)
-    boxes[:, :3] = [[20, 30, 60, 90], [100, 100, 180, 160], [150, 20, 250, 120]]
-    batch = {"image": rng.integers(0, 255, (b, 256, 256, 3)).astype(np.uint8),
-             "boxes": boxes, "classes": np.pad(np.tile([[0, 3, 5]], (b, 1)), [[0, 0], [0, 97]],
-                                               constant_values=-1).astype(np.int32),
-             "num_boxes": np.full([b], 3, np.int32), "group_of": np.zeros((b, 100), bool)}
+    batch = synthetic_batch(256, b, num_classes=6)
     dataset = strategy.distribute_datasets_from_function(
         lambda ctx: tf.data.Dataset.from_tensors(batch).repeat())
     iterator = iter(dataset)
