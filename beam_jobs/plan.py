@@ -108,89 +108,168 @@ def plan_level(
         is background) and listed in `skipped`.
     """
     level_index = level.class_index()
-    skipped_images: dict[str, str] = {}
+    skipped_images = _skipped_images(reports)
+    runs = _ImageBoxes.of_level(boxes, level, skipped_images)
+    is_val = oid_split.val_mask(runs.image_ids, config.val_fraction, config.split_salt)
+    related = related_classes(level, hierarchy)
+    image_labels = _image_labels(labels, related, set(runs.image_ids), level_index)
+    keep, filtered, dominant_stats = _dominant_filter(runs, is_val, config)
+    stats: dict = {"level_images": int(len(runs.image_ids)), "filtered": filtered,
+                   **dominant_stats}
+    repeat = _class_repeat_factors(runs, np.flatnonzero(keep & ~is_val), config.repeat_threshold)
+    annotations = [_annotation(runs, i, bool(is_val[i]), repeat, image_labels, level_index)
+                   for i in np.flatnonzero(keep)]
+    stats["repeat_factor"] = _repeat_factor_stats(annotations, config.repeat_threshold)
+    val_boxes, val_labels = _val_ground_truth(boxes, labels, annotations, level, hierarchy,
+                                              related)
+    return Plan(annotations, sorted(skipped_images.items()), val_boxes, val_labels, stats)
+
+
+def _skipped_images(reports: tuple[ReadReport, ...]) -> dict[str, str]:
+    """ImageID -> reason of every image with a skipped row, the first report's reason first."""
+    skipped: dict[str, str] = {}
     for report in reports:
         for image_id, reason in report.skipped_images.items():
-            skipped_images.setdefault(image_id, reason)
+            skipped.setdefault(image_id, reason)
+    return skipped
 
-    in_level = _mask(boxes["LabelName"], set(level.classes))
-    lb = boxes.loc[in_level]
-    if skipped_images:
-        lb = lb.loc[~_mask(lb["ImageID"], set(skipped_images))]
-    image_ids = np.asarray(lb["ImageID"].astype(str))
-    mids = np.asarray(lb["LabelName"].astype(str))
-    order = np.argsort(image_ids, kind="stable")
-    image_ids, mids = image_ids[order], mids[order]
-    coords = lb[["YMin", "XMin", "YMax", "XMax"]].to_numpy(np.float64)[order]
-    flags = lb[["IsGroupOf", "IsOccluded", "IsTruncated", "IsDepiction"]].to_numpy(np.int64)[order]
-    starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) if len(image_ids) \
-        else np.empty(0, np.int64)
-    ends = np.r_[starts[1:], len(image_ids)]
-    level_images = image_ids[starts]
-    is_val = oid_split.val_mask(level_images, config.val_fraction, config.split_salt)
 
-    # Image-level labels of related classes, for the kept images.
-    related = related_classes(level, hierarchy)
-    lab = labels.loc[_mask(labels["LabelName"], related) & _mask(labels["ImageID"],
-                                                                   set(level_images))]
-    image_labels: dict[str, list[tuple[str, int, float]]] = {}
+@dataclasses.dataclass(frozen=True)
+class _ImageBoxes:
+    """The level's boxes, grouped by image: I images sorted by ImageID, B boxes.
+
+    Image i's boxes are rows [starts[i], ends[i]) of the box arrays, in file order.
+
+    Attributes:
+      image_ids: [I] str ImageIDs.
+      starts, ends: [I] int64.
+      mids: [B] str LabelName of each box.
+      coords: [B, 4] float64 (ymin, xmin, ymax, xmax), normalized.
+      flags: [B, 4] int64 (IsGroupOf, IsOccluded, IsTruncated, IsDepiction).
+    """
+
+    image_ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+    mids: np.ndarray
+    coords: np.ndarray
+    flags: np.ndarray
+
+    @staticmethod
+    def of_level(boxes: pd.DataFrame, level: Level,
+                 skipped_images: dict[str, str]) -> _ImageBoxes:
+        """The boxes of the level's classes, without the images in `skipped_images`."""
+        lb = boxes.loc[_mask(boxes["LabelName"], set(level.classes))]
+        if skipped_images:
+            lb = lb.loc[~_mask(lb["ImageID"], set(skipped_images))]
+        image_ids = np.asarray(lb["ImageID"].astype(str))
+        mids = np.asarray(lb["LabelName"].astype(str))
+        order = np.argsort(image_ids, kind="stable")
+        image_ids, mids = image_ids[order], mids[order]
+        coords = lb[["YMin", "XMin", "YMax", "XMax"]].to_numpy(np.float64)[order]
+        flags = lb[["IsGroupOf", "IsOccluded", "IsTruncated", "IsDepiction"]].to_numpy(
+            np.int64)[order]
+        starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) \
+            if len(image_ids) else np.empty(0, np.int64)
+        ends = np.r_[starts[1:], len(image_ids)]
+        return _ImageBoxes(image_ids[starts], starts, ends, mids, coords, flags)
+
+
+def _image_labels(labels: pd.DataFrame, related: set[str], image_ids: set[str],
+                  level_index: dict[str, int]) -> dict[str, list[tuple[str, int, float]]]:
+    """ImageID -> (MID, level index or -1, confidence) of its labels of related classes."""
+    lab = labels.loc[_mask(labels["LabelName"], related) & _mask(labels["ImageID"], image_ids)]
+    out: dict[str, list[tuple[str, int, float]]] = {}
     for iid, mid, conf in zip(lab["ImageID"].astype(str), lab["LabelName"].astype(str),
                               lab["Confidence"].to_numpy(np.float64), strict=True):
-        image_labels.setdefault(iid, []).append((mid, level_index.get(mid, -1), float(conf)))
+        out.setdefault(iid, []).append((mid, level_index.get(mid, -1), float(conf)))
+    return out
 
-    # Dominant-class filter and class frequencies, over training images.
-    stats: dict = {"level_images": int(len(level_images)), "filtered": Counter()}
-    dominant: set[str] = set()
-    if config.max_dominant_fraction is not None:
-        if config.dominant_classes:
-            dominant = set(config.dominant_classes)
-        else:
-            counts = Counter(mids)
-            dominant = {m for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                        [: config.dominant_top_k]}
-        stats["dominant_classes"] = sorted(dominant)
-        stats["max_dominant_fraction"] = config.max_dominant_fraction
-    keep = np.ones(len(level_images), dtype=bool)
-    if dominant:
-        is_dom = np.fromiter((m in dominant for m in mids), dtype=bool, count=len(mids))
-        dom_share = np.add.reduceat(is_dom.astype(np.float64), starts) / (ends - starts) \
-            if len(starts) else np.empty(0)
-        keep &= is_val | (dom_share <= config.max_dominant_fraction)
-        stats["filtered"][DOMINANT_FILTERED] = int((~keep).sum())
 
-    train_sel = np.flatnonzero(keep & ~is_val)
+def _dominant_filter(runs: _ImageBoxes, is_val: np.ndarray,
+                     config: PlanConfig) -> tuple[np.ndarray, dict, dict]:
+    """The compressed level: leaves out training images crowded by the dominant classes.
+
+    Args:
+      runs: the level's boxes by image (I images).
+      is_val: [I] bool, the val side (never filtered: the metric sees every image).
+    Returns:
+      ([I] bool images kept, {DOMINANT_FILTERED: count} or {} when nothing is
+      filtered, the stats of the filter: {} when it is off).
+    """
+    keep = np.ones(len(runs.image_ids), dtype=bool)
+    if config.max_dominant_fraction is None:
+        return keep, {}, {}
+    if config.dominant_classes:
+        dominant = set(config.dominant_classes)
+    else:
+        counts = Counter(runs.mids)
+        dominant = {m for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                    [: config.dominant_top_k]}
+    stats = {"dominant_classes": sorted(dominant),
+             "max_dominant_fraction": config.max_dominant_fraction}
+    if not dominant:
+        return keep, {}, stats
+    is_dom = np.fromiter((m in dominant for m in runs.mids), dtype=bool, count=len(runs.mids))
+    dom_share = np.add.reduceat(is_dom.astype(np.float64), runs.starts) \
+        / (runs.ends - runs.starts) if len(runs.starts) else np.empty(0)
+    keep &= is_val | (dom_share <= config.max_dominant_fraction)
+    return keep, {DOMINANT_FILTERED: int((~keep).sum())}, stats
+
+
+def _class_repeat_factors(runs: _ImageBoxes, train: np.ndarray,
+                          threshold: float) -> dict[str, float]:
+    """MID -> LVIS repeat factor max(1, sqrt(t / f_c)) over the training images `train`.
+
+    train: [T] indices into runs.image_ids. f_c is the share of them with a box
+    of class c. A threshold <= 0 turns repeats off (an empty mapping).
+    """
     class_images = Counter()
-    for i in train_sel:
-        class_images.update(set(mids[starts[i]:ends[i]]))
-    n_train = max(len(train_sel), 1)
-    repeat = {m: max(1.0, math.sqrt(config.repeat_threshold / (n / n_train)))
-              for m, n in class_images.items()} if config.repeat_threshold > 0 else {}
+    for i in train:
+        class_images.update(set(runs.mids[runs.starts[i]:runs.ends[i]]))
+    n_train = max(len(train), 1)
+    return {m: max(1.0, math.sqrt(threshold / (n / n_train)))
+            for m, n in class_images.items()} if threshold > 0 else {}
 
-    annotations = []
-    for i in np.flatnonzero(keep):
-        s, e = starts[i], ends[i]
-        iid = str(level_images[i])
-        image_mids = [str(m) for m in mids[s:e]]
-        f = flags[s:e]
-        split = "val" if is_val[i] else "train"
-        factor = max((repeat.get(m, 1.0) for m in image_mids), default=1.0) \
-            if split == "train" else 1.0
-        annotations.append(ImageAnnotation(
-            image_id=iid, split=split, boxes=coords[s:e].tolist(),
-            labels=[level_index[m] for m in image_mids], mids=image_mids,
-            group_of=f[:, 0].tolist(), occluded=f[:, 1].tolist(), truncated=f[:, 2].tolist(),
-            depiction=f[:, 3].tolist(), image_labels=sorted(image_labels.get(iid, [])),
-            repeat_factor=factor))
 
+def _annotation(runs: _ImageBoxes, i: int, is_val: bool, repeat: dict[str, float],
+                image_labels: dict[str, list[tuple[str, int, float]]],
+                level_index: dict[str, int]) -> ImageAnnotation:
+    """The annotation of image i; a training image repeats as its rarest class asks."""
+    s, e = runs.starts[i], runs.ends[i]
+    iid = str(runs.image_ids[i])
+    image_mids = [str(m) for m in runs.mids[s:e]]
+    f = runs.flags[s:e]
+    split = "val" if is_val else "train"
+    factor = max((repeat.get(m, 1.0) for m in image_mids), default=1.0) \
+        if split == "train" else 1.0
+    return ImageAnnotation(
+        image_id=iid, split=split, boxes=runs.coords[s:e].tolist(),
+        labels=[level_index[m] for m in image_mids], mids=image_mids,
+        group_of=f[:, 0].tolist(), occluded=f[:, 1].tolist(), truncated=f[:, 2].tolist(),
+        depiction=f[:, 3].tolist(), image_labels=sorted(image_labels.get(iid, [])),
+        repeat_factor=factor)
+
+
+def _repeat_factor_stats(annotations: list[ImageAnnotation], threshold: float) -> dict:
+    """Mean, max and count above 1 of the training images' repeat factors."""
     factors = np.array([a.repeat_factor for a in annotations if a.split == "train"])
-    stats["repeat_factor"] = {
-        "threshold": config.repeat_threshold,
+    return {
+        "threshold": threshold,
         "mean": float(factors.mean()) if len(factors) else 1.0,
         "max": float(factors.max()) if len(factors) else 1.0,
         "images_above_1": int((factors > 1).sum()),
     }
-    stats["filtered"] = dict(stats["filtered"])
 
+
+def _val_ground_truth(boxes: pd.DataFrame, labels: pd.DataFrame,
+                      annotations: list[ImageAnnotation], level: Level, hierarchy: Hierarchy,
+                      related: set[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The val images' boxes and labels in official columns, for `python -m oid.metric`.
+
+    Boxes of the level's classes and their descendants (the metric expands them
+    to the level's classes); labels of every related class. Unexpanded.
+    """
     val_ids = {a.image_id for a in annotations if a.split == "val"}
     gt_classes = set(level.classes)
     for mid in level.classes:
@@ -198,5 +277,4 @@ def plan_level(
             gt_classes |= hierarchy.descendants(mid)
     val_boxes = boxes.loc[_mask(boxes["ImageID"], val_ids) & _mask(boxes["LabelName"], gt_classes)]
     val_labels = labels.loc[_mask(labels["ImageID"], val_ids) & _mask(labels["LabelName"], related)]
-    skipped = sorted(skipped_images.items())
-    return Plan(annotations, skipped, val_boxes, val_labels, stats)
+    return val_boxes, val_labels

@@ -23,6 +23,7 @@ ReadReport, and listed with their line numbers.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import re
 from collections import Counter
@@ -423,8 +424,6 @@ def _is_malformed(raw: bytes, num_fields: int) -> bool:
     # OID CSVs quote nothing in box and label files; quoted commas would need
     # the csv module, which this error path can afford.
     if b'"' in raw:
-        import csv
-
         return len(next(csv.reader([raw.decode("utf-8", "replace")]))) != num_fields
     return raw.count(b",") + 1 != num_fields
 

@@ -14,6 +14,7 @@ import io
 import re
 from collections.abc import Iterable, Iterator
 
+from oid import fileio
 from oid.errors import InputFileError
 
 # Freebase/Knowledge Graph ids as used by Open Images: /m/0xyz or /g/11abc.
@@ -103,6 +104,4 @@ def parse_classes(text: str, path: str = "<string>") -> ClassTable:
 
 def load_classes(path: str) -> ClassTable:
     """Reads a class table from a local path or any path tf.io.gfile/fsspec-free `open` accepts."""
-    from oid import fileio
-
     return parse_classes(fileio.read_text(path), str(path))

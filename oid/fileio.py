@@ -59,7 +59,7 @@ def read_text(path: str) -> str:
 def exists(path: str) -> bool:
     path = str(path)
     if _is_remote(path):
-        import tensorflow as tf
+        import tensorflow as tf  # Only for remote paths.
 
         return tf.io.gfile.exists(path)
     return os.path.exists(path)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from oid import ROOT_MID
+from oid import ROOT_MID, fileio
 from oid.errors import InputFileError
 
 _KNOWN_KEYS = frozenset({"LabelName", "Subcategory", "Part"})
@@ -217,8 +217,6 @@ class Hierarchy:
 
 def load_hierarchy(path: str) -> Hierarchy:
     """Reads an official hierarchy JSON file (local or remote path)."""
-    from oid import fileio
-
     text = fileio.read_text(path)
     try:
         obj = json.loads(text)

@@ -34,7 +34,10 @@ import numpy as np
 import pandas as pd
 
 from oid import fileio
-from oid.classes import ClassTable
+from oid.annotations import read_boxes
+from oid.classes import ClassTable, load_classes
+from oid.hierarchy import load_hierarchy
+from oid.layout import DataLayout
 
 SPEC_VERSION = 1
 KINDS = ("count", "hard", "parents")
@@ -194,10 +197,11 @@ def level_table(spec: LevelSpec, boxes: pd.DataFrame) -> pd.DataFrame:
 def plot_levels(spec: LevelSpec, box_counts: Mapping[str, int], path: str,
                 names: ClassTable | None = None) -> None:
     """Bar chart of boxes per class (log scale), classes in level order, cuts marked."""
+    # Deferred: only --plot needs matplotlib, and it takes a second to import.
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after use("Agg"), so no display is needed
 
     mids = [m for lv in spec.levels for m in lv.classes]
     counts = np.array([max(box_counts.get(m, 0), 0) for m in mids], dtype=float)
@@ -231,11 +235,6 @@ def _mids(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from oid.annotations import read_boxes
-    from oid.classes import load_classes
-    from oid.hierarchy import load_hierarchy
-    from oid.layout import DataLayout
-
     parser = argparse.ArgumentParser(
         prog="python -m oid.levels", description="Split classes into levels by box count.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -46,14 +46,13 @@ Two ways in:
   * `OIDChallengeEvaluator`: reset / add_ground_truth / add_detections /
     evaluate, for eval.py.
   * `python -m oid.metric --boxes ... --predictions SUBMISSION.csv`, the
-    replacement for the reference's oid_challenge_evaluation.py.
+    replacement for the reference's oid_challenge_evaluation.py. The file is
+    read by oid.submission.read_submission, beside the writer of the format.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
-import csv
 import dataclasses
 import json
 import logging
@@ -63,15 +62,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 from numpy.typing import ArrayLike
 
 from oid import fileio
+from oid.annotations import read_boxes, read_image_labels
 from oid.classes import ClassTable, load_classes
 from oid.errors import InputFileError
 from oid.hierarchy import Hierarchy, load_hierarchy
+from oid.submission import Submission, SubmissionReport, ragged_arange, read_submission
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +105,11 @@ class MetricResult:
     num_images: int
 
     def to_json(self) -> dict:
-        """`{"mAP": float, "per_class": {MID: {"ap": float|None, "num_gt": int}}, "num_images": int}`."""
+        """The JSON the command prints.
+
+        `{"mAP": float, "per_class": {MID: {"ap": float|None, "num_gt": int}},
+        "num_images": int}`.
+        """
         return {
             "mAP": self.mean_ap,
             "per_class": {m: {"ap": r.ap, "num_gt": r.num_gt} for m, r in self.per_class.items()},
@@ -188,13 +190,7 @@ class _Expansion:
         starts = self.offsets[classes]
         counts = self.offsets[classes + 1] - starts
         rows = np.repeat(np.arange(len(classes)), counts)
-        return rows, self.members[np.repeat(starts, counts) + _ragged_arange(counts)]
-
-
-def _ragged_arange(counts: np.ndarray) -> np.ndarray:
-    """Concatenated aranges: [0..counts[0]), [0..counts[1]), ..."""
-    ends = np.cumsum(counts)
-    return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - counts, counts)
+        return rows, self.members[np.repeat(starts, counts) + ragged_arange(counts)]
 
 
 # -- the evaluator ---------------------------------------------------------------------
@@ -275,7 +271,8 @@ class OIDChallengeEvaluator:
             self._mark_ground_truth(self._image_codes(image_id, 1))
             self.add_image_labels(image_id, image_labels, image_label_confidences)
         elif len(image_labels):
-            raise ValueError("with a batch of image ids, pass image-level labels to add_image_labels")
+            raise ValueError("with a batch of image ids, pass image-level labels to "
+                             "add_image_labels")
 
     def add_image_labels(self, image_id: object, labels: ArrayLike,
                          confidences: ArrayLike) -> None:
@@ -306,7 +303,8 @@ class OIDChallengeEvaluator:
         if boxes is not None and len(boxes):
             images = self._image_codes_of(boxes["ImageID"])
             classes = self._class_codes_of(boxes["LabelName"])
-            coords = np.stack([boxes[c].to_numpy(np.float64) for c in ("YMin", "XMin", "YMax", "XMax")], 1)
+            coords = np.stack([boxes[c].to_numpy(np.float64)
+                               for c in ("YMin", "XMin", "YMax", "XMax")], 1)
             # Like the reference (astype(bool)): any non-zero IsGroupOf, -1 included.
             self._add_boxes(images, classes, coords, boxes["IsGroupOf"].to_numpy() != 0)
         if labels is not None and len(labels):
@@ -337,7 +335,7 @@ class OIDChallengeEvaluator:
                            *_columns(boxes), scores))
 
     def add_submission(self, submission: Submission) -> int:
-        """Adds the detections of a submission file (see read_submission).
+        """Adds the detections of a submission file (see oid.submission.read_submission).
 
         Returns the number of its rows whose image has no ground truth so far
         (their detections are ignored, unless ground truth for them comes later).
@@ -388,7 +386,7 @@ class OIDChallengeEvaluator:
         return lut[codes] if len(codes) else np.zeros(0, np.int64)
 
     def _image_codes_of(self, column: pd.Series) -> np.ndarray:
-        cat = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
+        cat = _categorical(column)
         lut = np.array([self._image_code(str(u)) for u in cat.cat.categories], np.int64)
         return lut[cat.cat.codes.to_numpy()]
 
@@ -409,7 +407,7 @@ class OIDChallengeEvaluator:
         return self._class_lut([_scalar_id(u) for u in uniques])[codes]
 
     def _class_codes_of(self, column: pd.Series) -> np.ndarray:
-        cat = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
+        cat = _categorical(column)
         return self._class_lut(list(cat.cat.categories))[cat.cat.codes.to_numpy()]
 
     def _class_lut(self, mids: list) -> np.ndarray:
@@ -433,6 +431,12 @@ class OIDChallengeEvaluator:
             for i, mid in enumerate(self.mids)
         }
         return MetricResult(mean_ap, per_class, num_images)
+
+
+def _categorical(column: pd.Series) -> pd.Series:
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return column
+    return column.astype("category")
 
 
 def _scalar_id(value: object) -> object:
@@ -699,420 +703,6 @@ def _overlap(det, gt, ioa: bool) -> np.ndarray:
     return inter / (det_area + (gy1 - gy0) * (gx1 - gx0) - inter)
 
 
-# -- Kaggle submissions ----------------------------------------------------------------
-
-# Why a row or detection is skipped under --lenient (and named in the error otherwise).
-MALFORMED_ROW = "malformed_row"  # a CSV row without exactly the header's fields
-DUPLICATE_IMAGE = "duplicate_image_id"  # a second row for the same ImageId
-BAD_TOKEN_COUNT = "bad_token_count"  # tokens not in groups of six
-BAD_NUMBER = "bad_number"  # a score or coordinate that is not a finite number
-UNKNOWN_MID = "unknown_mid"  # a LabelName not in the class list
-COORD_OUT_OF_RANGE = "coordinate_out_of_range"  # a coordinate outside [0, 1]
-ROW_REASONS = (MALFORMED_ROW, DUPLICATE_IMAGE, BAD_TOKEN_COUNT)  # counted in rows, the rest in detections
-
-_FIXES = {
-    MALFORMED_ROW: "a row is ImageId,PredictionString",
-    DUPLICATE_IMAGE: "put all detections of an image in one row",
-    BAD_TOKEN_COUNT: "a PredictionString is groups of six: LabelName Score XMin YMin XMax YMax",
-    BAD_NUMBER: "scores and coordinates are finite decimal numbers",
-    UNKNOWN_MID: "use MIDs of the class list (--classes)",
-    COORD_OUT_OF_RANGE: "coordinates are normalized to [0, 1]",
-}
-_PREDICTION_FIELDS = ("Score", "XMin", "YMin", "XMax", "YMax")  # Kaggle order after LabelName
-_NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
-MAX_LISTED = 1000  # skipped detections kept with their details; counts are always complete
-
-
-@dataclasses.dataclass
-class Submission:
-    """The detections of a submission file, in file order.
-
-    Attributes:
-      image_ids: [R] the ImageId of every row kept.
-      row: [N] the row (index into image_ids) of each detection.
-      labels: [N] class indices into the class list.
-      scores: [N] float64.
-      boxes: [N, 4] float64 (ymin, xmin, ymax, xmax), normalized — reordered
-        from the string's XMin YMin XMax YMax (a transposed view of [4, N] rows).
-    """
-
-    image_ids: np.ndarray
-    row: np.ndarray
-    labels: np.ndarray
-    scores: np.ndarray
-    boxes: np.ndarray
-
-
-@dataclasses.dataclass
-class SubmissionReport:
-    """What read_submission kept and skipped.
-
-    Attributes:
-      path: the file read.
-      rows: rows kept; detections: detections kept.
-      skipped: reason -> rows (MALFORMED_ROW, DUPLICATE_IMAGE, BAD_TOKEN_COUNT)
-        or detections (the other reasons) skipped for it.
-      skipped_lines: (line, reason, detail) of the first MAX_LISTED skips.
-    """
-
-    path: str
-    rows: int = 0
-    detections: int = 0
-    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    skipped_lines: list[tuple[int | None, str, str]] = dataclasses.field(default_factory=list)
-
-    def summary(self) -> str:
-        text = f"{self.path}: {self.rows} rows, {self.detections} detections"
-        if self.skipped:
-            unit = {r: "rows" if r in ROW_REASONS else "detections" for r in self.skipped}
-            text += " kept; skipped " + ", ".join(
-                f"{n} {unit[r]} ({r})" for r, n in sorted(self.skipped.items()))
-        return text
-
-
-@dataclasses.dataclass
-class _Parsed:
-    """Tokens of a submission before validation (internal)."""
-
-    image_ids: np.ndarray  # [R] object: the ImageId of every row
-    row: np.ndarray  # [N] int64: the row of each detection
-    label_names: list[str]  # the distinct LabelName tokens
-    label_codes: np.ndarray  # [N] int32 index into label_names
-    # [5, N] float64: rows score, ymin, xmin, ymax, xmax (_ROWS); NaN where a token
-    # is no number. Rows, not columns, so that the evaluator takes them without copies.
-    numbers: np.ndarray
-    token_counts: np.ndarray | None = None  # [R] tokens per row; None: all multiples of 6
-    bad_tokens: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
-    malformed: list[str] = dataclasses.field(default_factory=list)  # rows skipped by Arrow
-    # (path, header fields) to find the physical line of each row when one is
-    # needed; None when every row is on line row + 2 (the fast path).
-    lines_from: tuple[str, int] | None = None
-
-
-_ROWS = ("Score", "YMin", "XMin", "YMax", "XMax")  # rows of _Parsed.numbers
-_ROW_OF_TOKEN = (0, 2, 1, 4, 3)  # Kaggle token 1..5 (Score XMin YMin XMax YMax) -> row
-_BLOCK_BYTES = 32 << 20
-
-
-def read_submission(path: str, classes: ClassTable, *,
-                    lenient: bool = False) -> tuple[Submission, SubmissionReport]:
-    """Reads a Kaggle submission (`ImageId,PredictionString`), plain or gzipped (`.gz`).
-
-    A PredictionString is whitespace-separated groups of
-    `LabelName Score XMin YMin XMax YMax` (normalized); empty means no
-    detections. Boxes with min >= max are kept here (the metric drops them).
-
-    Raises:
-      InputFileError naming the line and ImageId of the first problem: a token
-      count that is not a multiple of six, a score or coordinate that is not a
-      finite number, a MID not in `classes`, a coordinate outside [0, 1], a
-      repeated ImageId, a malformed CSV row. With `lenient`, such rows or
-      detections are skipped and counted in the report instead.
-    """
-    path = str(path)
-    parsed = _parse_fast(path)
-    if parsed is None:  # anything unusual: the general parser handles and reports it
-        parsed = _parse_general(path, lenient)
-    return _validate_submission(parsed, classes, lenient, SubmissionReport(path))
-
-
-def _parse_fast(path: str) -> _Parsed | None:
-    """The common file shape, parsed at disk speed; None for anything else.
-
-    Handles the common shape only (gzipped files are decompressed on the way):
-    the header ImageId,PredictionString, no quotes, tabs, CRs, blank lines or
-    other punctuation, single spaces between tokens, token counts that are multiples of six and numbers that parse. Each block
-    of rows is rewritten in place into a CSV of one detection per line for
-    Arrow's multi-threaded parser, so neither the 24M tokens of a 4M-detection
-    file nor their text ever become Python objects.
-    """
-    parts = []
-    rows = 0
-    with fileio.open_maybe_gzip(path, "rb") as f:
-        header = next(csv.reader([f.readline().decode("utf-8-sig", "replace").rstrip("\r\n")]), [])
-        if header not in (["ImageId", "PredictionString"], ["ImageID", "PredictionString"]):
-            return None
-        carry = np.zeros(0, np.uint8)
-        while True:
-            data = f.read(_BLOCK_BYTES)
-            buf = np.empty(len(carry) + len(data) + 1, np.uint8)
-            buf[:len(carry)] = carry
-            buf[len(carry):-1] = np.frombuffer(data, np.uint8)
-            if data:
-                cut = _after_last_newline(buf[:-1])
-                buf, carry = buf[:cut], buf[cut:-1].copy()
-            elif len(carry) and carry[-1] != 10:
-                buf[-1] = 10  # a last row without its newline
-            else:
-                buf = buf[:-1]
-            if len(buf):
-                part = _parse_fast_block(buf, rows)
-                if part is None:
-                    return None
-                parts.append(part)
-                rows += len(part[0])
-            if not data:
-                break
-    names: dict[str, int] = {}
-    codes = []
-    for _, _, block_names, block_codes, _ in parts:
-        lut = np.array([names.setdefault(n, len(names)) for n in block_names] + [0], np.int32)
-        codes.append(lut[block_codes])
-    return _Parsed(
-        image_ids=np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, object),
-        row=np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64),
-        label_names=list(names),
-        label_codes=np.concatenate(codes) if codes else np.zeros(0, np.int32),
-        numbers=np.concatenate([p[4] for p in parts], axis=1) if parts else np.zeros((5, 0)))
-
-
-def _after_last_newline(buf: np.ndarray) -> int:
-    """Index after the last newline of `buf` (0 if none), looking at its tail first."""
-    width = 1 << 16
-    while True:
-        lo = max(0, len(buf) - width)
-        hits = np.flatnonzero(buf[lo:] == 10)
-        if len(hits):
-            return lo + int(hits[-1]) + 1
-        if not lo:
-            return 0
-        width *= 8
-
-
-def _parse_fast_block(buf: np.ndarray, first_row: int):
-    """Whole rows (ending in a newline) -> (image ids, row, label names, label codes, numbers)."""
-    end = np.flatnonzero(buf == 10)
-    comma = np.flatnonzero(buf == 44)
-    space = np.flatnonzero(buf == 32)
-    if np.count_nonzero(buf < 45) != len(end) + len(comma) + len(space):
-        return None  # quotes, tabs, CRs, other control characters or punctuation
-    start = np.r_[0, end[:-1] + 1]
-    if len(comma) != len(end) or (comma < start + 1).any() or (comma >= end).any():
-        return None  # blank lines, empty ImageIds, commas in a PredictionString
-    first_space = np.searchsorted(space, start)
-    num_spaces = np.searchsorted(space, end) - first_space
-    nonempty = comma + 1 < end
-    if ((np.searchsorted(space, comma) != first_space).any()  # a space in an ImageId
-            or (np.diff(space) < 2).any()  # runs of spaces
-            or (buf[comma[nonempty] + 1] == 32).any() or (buf[end[nonempty] - 1] == 32).any()):
-        return None
-    tokens = np.where(nonempty, num_spaces + 1, 0)
-    if (tokens % 6).any():
-        return None
-    per_row = tokens // 6
-    try:
-        view = memoryview(buf)
-        image_ids = np.array([bytes(view[a:b]).decode("utf-8")
-                              for a, b in zip(start.tolist(), comma.tolist(), strict=True)], object)
-    except UnicodeDecodeError:
-        return None
-    # Spaces become commas and every sixth a newline. The ImageId line becomes a
-    # row of its own with six fields ("xx...x,,,,,"): an ImageId of 5 or more
-    # bytes is overwritten in place, shorter ones get commas inserted.
-    buf[space] = 44
-    more = np.maximum(per_row - 1, 0)
-    buf[space[np.repeat(first_space + 5, more) + 6 * _ragged_arange(more)]] = 10
-    if (comma - start).min() >= 5:
-        length = comma - start
-        buf[np.repeat(start, length) + _ragged_arange(length)] = ord("x")
-        buf[np.repeat(comma - 5, 5) + np.tile(np.arange(5), len(comma))] = 44
-    else:
-        buf = np.insert(buf, np.repeat(comma, 5), np.uint8(44))
-        comma = comma + 5 * np.arange(1, len(comma) + 1)
-    buf[comma] = 10
-    names = ["LabelName", *_PREDICTION_FIELDS]
-    try:
-        table = pacsv.read_csv(
-            pa.py_buffer(buf),
-            read_options=pacsv.ReadOptions(column_names=names, block_size=8 << 20),
-            convert_options=pacsv.ConvertOptions(
-                column_types={"LabelName": pa.dictionary(pa.int32(), pa.string()),
-                              **{c: pa.float64() for c in names[1:]}},
-                null_values=[""], strings_can_be_null=False))
-    except pa.ArrowInvalid:
-        return None  # a token that is no number: the general parser names it
-    del buf
-    num_dets = int(per_row.sum())
-    if table.num_rows != len(end) + num_dets:
-        return None
-    # Output line of each ImageId row: its row index plus the detections before it.
-    detection = np.ones(table.num_rows, bool)
-    detection[np.arange(len(end)) + np.cumsum(per_row) - per_row] = False
-    labels = table.column("LabelName").unify_dictionaries()
-    label_names = labels.chunk(0).dictionary.to_pylist() if labels.num_chunks else []
-    label_codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False)
-                                  for c in labels.chunks])[detection]
-    numbers = np.empty((5, num_dets))
-    for k, name in enumerate(names[1:]):
-        numbers[_ROW_OF_TOKEN[k]] = table.column(name).to_numpy()[detection]
-    row = np.repeat(np.arange(first_row, first_row + len(end)), per_row)
-    return image_ids, row, label_names, label_codes, numbers
-
-
-def _parse_general(path: str, lenient: bool) -> _Parsed:
-    """Any CSV Arrow reads: quotes, CRLF, blank lines, tabs, runs of spaces, bad tokens."""
-    id_column, num_fields = _header(path)
-    on_invalid_row, malformed = fileio.invalid_row_collector(lenient)
-
-    try:
-        with fileio.open_maybe_gzip(path, "rb") as f:
-            table = pacsv.read_csv(
-                f, read_options=pacsv.ReadOptions(block_size=16 << 20),
-                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={c: pa.string() for c in (id_column, "PredictionString")},
-                    include_columns=[id_column, "PredictionString"],
-                    strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid:
-        line, text = next(((n, t) for n, t, ok in _scan_rows(path, num_fields) if not ok),
-                          (None, ""))
-        raise InputFileError(path, line, f"{MALFORMED_ROW}: {text!r} does not have the "
-                                         f"{num_fields} fields of the header; "
-                                         f"{_FIXES[MALFORMED_ROW]}") from None
-    image_ids = table.column(id_column).to_numpy(zero_copy_only=False).astype(object)
-    strings = pc.ascii_trim_whitespace(table.column("PredictionString").combine_chunks())
-    del table
-    # An empty string would split into one empty token: make it null (no tokens).
-    strings = pc.if_else(pc.equal(pc.binary_length(strings), 0), pa.scalar(None, pa.string()),
-                         strings)
-    lists = pc.ascii_split_whitespace(strings)  # (runs of whitespace are one separator)
-    del strings
-    token_counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(
-        zero_copy_only=False).astype(np.int64)
-    whole = token_counts % 6 == 0
-    flat = pc.list_flatten(lists.filter(pa.array(whole)))
-    del lists
-    row = np.repeat(np.arange(len(token_counts)), np.where(whole, token_counts // 6, 0))
-    n = len(row)
-    labels = pc.dictionary_encode(flat.take(pa.array(np.arange(0, 6 * n, 6, dtype=np.int64))))
-    numbers = np.empty((5, n))
-    bad_tokens: dict[tuple[int, int], str] = {}
-    for k in range(5):
-        column = flat.take(pa.array(np.arange(k + 1, 6 * n, 6, dtype=np.int64)))
-        valid = pc.match_substring_regex(column, _NUMBER).to_numpy(zero_copy_only=False)
-        if not valid.all():
-            for d in np.flatnonzero(~valid)[:MAX_LISTED].tolist():
-                bad_tokens[d, _ROW_OF_TOKEN[k]] = column[d].as_py()
-            column = pc.if_else(pa.array(valid), column, pa.scalar(None, pa.string()))
-        numbers[_ROW_OF_TOKEN[k]] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    return _Parsed(image_ids, row, labels.dictionary.to_pylist(),
-                   labels.indices.to_numpy(zero_copy_only=False), numbers, token_counts,
-                   bad_tokens, malformed, (path, num_fields))
-
-
-def _header(path: str) -> tuple[str, int]:
-    """The ImageId column's name (ImageId or ImageID) and the number of header fields."""
-    with fileio.open_maybe_gzip(path, "rb") as f:
-        first = f.readline().decode("utf-8-sig").rstrip("\r\n")
-    header = [h.strip() for h in next(csv.reader([first]), [])]
-    id_column = next((h for h in ("ImageId", "ImageID") if h in header), None)
-    if id_column is None or "PredictionString" not in header:
-        raise InputFileError(path, 1, "expected the header ImageId,PredictionString, found "
-                                      f"{','.join(header) or 'an empty line'}")
-    return id_column, len(header)
-
-
-def _scan_rows(path: str, num_fields: int):
-    """(first line, text, well-formed) of every non-blank data row, as Arrow counts them."""
-    with fileio.open_maybe_gzip(path, "r") as f:
-        reader = csv.reader(f)
-        last = 0
-        for index, fields in enumerate(reader):
-            line, last = last + 1, reader.line_num
-            if fields and index:
-                yield line, ",".join(fields), len(fields) == num_fields
-
-
-def _validate_submission(parsed: _Parsed, classes: ClassTable, lenient: bool,
-                         report: SubmissionReport) -> tuple[Submission, SubmissionReport]:
-    row, numbers = parsed.row, parsed.numbers
-    num_rows = len(parsed.image_ids)
-    # MIDs are looked up once per distinct label, not once per detection.
-    names = parsed.label_names
-    lut = np.array([classes.index(m) if m in classes else -1 for m in names] + [-1], np.int32)
-    labels = lut[parsed.label_codes]
-    finite = np.isfinite(numbers)
-    all_finite = finite.all(axis=0)
-    outside = finite[1:] & ((numbers[1:] < 0) | (numbers[1:] > 1))
-
-    def detail(reason: str, r: int, d: int) -> str:
-        if reason == BAD_TOKEN_COUNT:
-            return f"the PredictionString has {parsed.token_counts[r]} tokens"
-        if reason == DUPLICATE_IMAGE:
-            return f"ImageId {parsed.image_ids[r]!r} already has a row"
-        if reason == UNKNOWN_MID:
-            return f"LabelName {names[parsed.label_codes[d]]!r} is not in the class list"
-        if reason == BAD_NUMBER:
-            k = int(np.argmin(finite[:, d]))
-            text = parsed.bad_tokens.get((d, k))
-            value = repr(text) if text is not None else str(numbers[k, d])
-            return f"{_ROWS[k]} {value} is not a finite number"
-        k = int(np.argmax(outside[:, d])) + 1
-        return f"{_ROWS[k]}={numbers[k, d]:g} is outside [0, 1]"
-
-    def where(r: int, d: int) -> str:
-        nth = f"detection {d - int(np.searchsorted(row, r)) + 1}, " if d >= 0 else ""
-        return f"ImageId {parsed.image_ids[r]!r}, {nth}"
-
-    scanned: list = []  # the file's rows, scanned once and only to name lines
-
-    def rows_scanned() -> list[tuple[int, str, bool]]:
-        if not scanned and parsed.lines_from is not None:
-            scanned.extend(_scan_rows(*parsed.lines_from))
-        return scanned
-
-    def line_of(r: int) -> int:
-        if parsed.lines_from is None:
-            return r + 2
-        return [line for line, _, ok in rows_scanned() if ok][r]
-
-    # Rows, then detections; each is counted under its first reason only.
-    token_rows = (parsed.token_counts % 6 != 0) if parsed.token_counts is not None \
-        else np.zeros(num_rows, bool)
-    repeated = pd.Series(parsed.image_ids, dtype=object).duplicated().to_numpy()
-    bad_row = {BAD_TOKEN_COUNT: token_rows, DUPLICATE_IMAGE: repeated & ~token_rows}
-    row_ok = ~(token_rows | repeated)
-    remaining = row_ok[row]
-    bad_det = {}
-    for reason, mask in ((BAD_NUMBER, ~all_finite), (UNKNOWN_MID, labels < 0),
-                         (COORD_OUT_OF_RANGE, outside.any(axis=0))):
-        bad_det[reason] = mask & remaining
-        remaining &= ~mask
-
-    found = [(r, -1, reason) for reason, mask in bad_row.items()
-             for r in np.flatnonzero(mask)[:MAX_LISTED].tolist()]
-    found += [(int(row[d]), d, reason) for reason, mask in bad_det.items()
-              for d in np.flatnonzero(mask)[:MAX_LISTED].tolist()]
-    found.sort()
-    if not lenient and found:
-        r, d, reason = found[0]
-        raise InputFileError(report.path, line_of(r),
-                             f"{where(r, d)}{reason}: {detail(reason, r, d)}; "
-                             f"{_FIXES[reason]} (or pass --lenient to skip and count them)")
-    if parsed.malformed:
-        for line, text, ok in rows_scanned():
-            if not ok and len(report.skipped_lines) < MAX_LISTED:
-                report.skipped_lines.append((line, MALFORMED_ROW, f"{text!r} does not have the "
-                                                                  "header's fields"))
-    if found:
-        well_formed = [line for line, _, ok in rows_scanned() if ok]
-        for r, d, reason in found[:MAX_LISTED - len(report.skipped_lines)]:
-            line = well_formed[r] if parsed.lines_from is not None else r + 2
-            report.skipped_lines.append((line, reason, where(r, d) + detail(reason, r, d)))
-        report.skipped_lines.sort(key=lambda x: (x[0] is None, x[0] or 0))
-    counts = {MALFORMED_ROW: len(parsed.malformed),
-              **{k: int(m.sum()) for k, m in bad_row.items()},
-              **{k: int(m.sum()) for k, m in bad_det.items()}}
-    report.skipped.update({k: n for k, n in counts.items() if n})
-    report.rows = int(row_ok.sum())
-    report.detections = int(remaining.sum())
-    if not remaining.all():
-        row, labels, numbers = row[remaining], labels[remaining], numbers[:, remaining]
-    submission = Submission(image_ids=parsed.image_ids, row=row, labels=labels,
-                            scores=numbers[0], boxes=numbers[1:].T)
-    return submission, report
-
-
 # -- the command -----------------------------------------------------------------------
 
 
@@ -1131,11 +721,9 @@ def evaluate_files(
       boxes_path, labels_path: official box and image-level label CSVs.
       classes: the class list.
       hierarchy: expand the ground truth along it; None when it is expanded already.
-      predictions_path: a Kaggle submission (see read_submission).
+      predictions_path: a Kaggle submission (see oid.submission.read_submission).
       lenient: skip and count malformed predictions (ground truth is always strict).
     """
-    from oid.annotations import read_boxes, read_image_labels
-
     # float64 coordinates: the reference computes IoU from the CSV's decimal
     # values, and float32 rounding moves IoUs that sit exactly on 0.5.
     # Repeated rows are legitimate after expansion and each counts, as in the reference.
@@ -1193,19 +781,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "submission; prints one JSON object.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--boxes", required=True,
-                        help="ground-truth box CSV (ImageID,LabelName,XMin,XMax,YMin,YMax,IsGroupOf,...)")
+                        help="ground-truth box CSV "
+                             "(ImageID,LabelName,XMin,XMax,YMin,YMax,IsGroupOf,...)")
     parser.add_argument("--labels", required=True,
-                        help="ground-truth image-level label CSV (ImageID,Source,LabelName,Confidence)")
+                        help="ground-truth image-level label CSV "
+                             "(ImageID,Source,LabelName,Confidence)")
     parser.add_argument("--hierarchy", default=None,
                         help="class hierarchy JSON (needed unless --no-expand)")
-    parser.add_argument("--classes", required=True, help="class list CSV: MID,DisplayName, no header")
+    parser.add_argument("--classes", required=True,
+                        help="class list CSV: MID,DisplayName, no header")
     parser.add_argument("--predictions", required=True,
                         help="Kaggle submission CSV: ImageId,PredictionString (.gz: gzipped)")
     parser.add_argument("--output", default=None, help="also write the JSON to this file")
     parser.add_argument("--no-expand", dest="expand", action="store_false",
                         help="the ground truth is already expanded along the hierarchy")
     parser.add_argument("--lenient", action="store_true",
-                        help="skip and count malformed predictions instead of stopping at the first")
+                        help="skip and count malformed predictions instead of stopping at the "
+                             "first")
     args = parser.parse_args(argv)
     if args.expand and not args.hierarchy:
         parser.error("--hierarchy is needed to expand the ground truth (or pass --no-expand)")

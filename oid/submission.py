@@ -16,10 +16,16 @@ puts x first: a PredictionString is space-separated groups of
 Format of the numbers written: scores rounded to 6 significant digits and
 written in their shortest decimal form (0.5, 0.0123457); coordinates clipped to
 [0, 1] and written with 6 decimals (0.250000), as Python's %.6f would.
+
+Reading back: read_submission (for the metric: vectorized, checked against a
+class list, strict or --lenient with a report) and read_submission_rows (the
+same parser and checks but the class list's, one ImageDetections a row) are
+the one reader of the format.
 """
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import functools
@@ -29,11 +35,13 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from oid import fileio
-from oid.classes import MID_PATTERN
+from oid.classes import MID_PATTERN, ClassTable
 from oid.errors import InputFileError
 from oid.hierarchy import Hierarchy
 
@@ -162,7 +170,7 @@ def expand_to_ancestors(dets: ImageDetections,
     flat = np.array([m for r in relatives for m in r], object)
     per_row = counts[codes]
     rows = np.repeat(np.arange(len(dets)), per_row)
-    mids = flat[np.repeat(starts[codes], per_row) + _ragged_arange(per_row)]
+    mids = flat[np.repeat(starts[codes], per_row) + ragged_arange(per_row)]
     expanded = ImageDetections(dets.image_id, dets.boxes[rows], dets.scores[rows], mids)
     return drop_duplicate_boxes(expanded)
 
@@ -187,7 +195,7 @@ def drop_duplicate_boxes(dets: ImageDetections) -> ImageDetections:
     return dets.take(kept[np.lexsort((kept, -dets.scores[kept]))])
 
 
-def _ragged_arange(counts: np.ndarray) -> np.ndarray:
+def ragged_arange(counts: np.ndarray) -> np.ndarray:
     """Concatenated aranges: [0..counts[0]), [0..counts[1]), ..."""
     ends = np.cumsum(counts)
     return np.arange(ends[-1] if len(ends) else 0) - np.repeat(ends - counts, counts)
@@ -303,6 +311,33 @@ def weighted_boxes_fusion(dets_list: Sequence[ImageDetections],
     Returns:
       The fused detections, highest score first.
     """
+    image_id, w = _fusion_weights(dets_list, weights)
+    pool = _FusionInput.sorted_by_class(dets_list, w, skip_score)
+    if not len(pool.cls):
+        return ImageDetections.empty(image_id)
+    fused = _FusedBoxes(pool.cls)
+    for t in range(int(fused.size.max())):
+        active = np.flatnonzero(fused.size > t)  # the classes with a t-th box
+        row = fused.start[active] + t
+        slot = fused.match(active, pool.boxes[row], pool.area[row], iou_threshold)
+        fused.add(slot, pool.boxes[row], pool.weighted[row])
+
+    slots = fused.start.repeat(fused.count) + ragged_arange(fused.count)
+    members = fused.members[slots]
+    score = (fused.sum_weight[slots] / members) * np.minimum(members, len(dets_list)) / w.sum()
+    out = np.lexsort((slots, -score))
+    slots, score = slots[out], score[out]
+    return ImageDetections(image_id, fused.boxes[slots].astype(np.float32),
+                           score.astype(np.float32), pool.mids[slots])
+
+
+def _fusion_weights(dets_list: Sequence[ImageDetections],
+                    weights: Sequence[float] | None) -> tuple[str, np.ndarray]:
+    """(the one ImageId of `dets_list`, [M] float64 model weights, default all 1).
+
+    Raises ValueError for no models, detections of different images, or a
+    weight count other than M or a weight that is not positive and finite.
+    """
     if not dets_list:
         raise ValueError("weighted_boxes_fusion needs the detections of at least one model")
     image_id = dets_list[0].image_id
@@ -316,63 +351,128 @@ def weighted_boxes_fusion(dets_list: Sequence[ImageDetections],
         raise ValueError(f"{len(w)} weights for {num_models} models")
     if not (np.isfinite(w) & (w > 0)).all():
         raise ValueError(f"model weights must be positive and finite, got {w.tolist()}")
+    return image_id, w
 
-    boxes = np.clip(np.concatenate([d.boxes for d in dets_list]).astype(np.float64), 0.0, 1.0)
-    scores = np.concatenate([d.scores for d in dets_list]).astype(np.float64)
-    model = np.repeat(np.arange(num_models), [len(d) for d in dets_list])
-    mids = np.concatenate([d.mids for d in dets_list])
-    weighted = scores * w[model]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    keep = np.flatnonzero((scores >= skip_score) & (weighted > 0) & (area > 0))
-    if not len(keep):
-        return ImageDetections.empty(image_id)
-    index: dict[str, int] = {}
-    cls = np.fromiter((index.setdefault(m, len(index)) for m in mids[keep].tolist()), np.int64,
-                      len(keep))
-    order = keep[np.lexsort((keep, -weighted[keep], cls))]
-    cls = np.sort(cls, kind="stable")
-    boxes, weighted, area = boxes[order], weighted[order], area[order]
-    n = len(order)
 
-    # Class c's boxes are rows [start[c], start[c] + size[c]) of the sorted arrays; its
-    # fused boxes live in the same slots (a class never has more fused boxes than boxes).
-    start = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
-    size = np.diff(np.r_[start, n])
-    num_fused = np.zeros(len(start), np.int64)
-    fused = np.zeros((n, 4))  # current fused box of each slot
-    fused_area = np.zeros(n)
-    sum_weight = np.zeros(n)  # sum of members' weighted scores
-    sum_box = np.zeros((n, 4))  # sum of weighted score x coordinates
-    members = np.zeros(n, np.int64)
-    for t in range(int(size.max())):
-        active = np.flatnonzero(size > t)
-        row = start[active] + t
-        box, wt = boxes[row], weighted[row]
-        slot = start[active] + num_fused[active]  # where a new fused box would go
-        k = int(num_fused[active].max())
-        if k:
-            cand = np.minimum(start[active, None] + np.arange(k), n - 1)  # [A, k]
-            valid = np.arange(k) < num_fused[active, None]
-            iou = _iou_one_to_many(box, area[row], fused[cand], fused_area[cand])
-            iou = np.where(valid, iou, -1.0)
-            best = np.argmax(iou, axis=1)
-            joins = iou[np.arange(len(active)), best] > iou_threshold
-            slot = np.where(joins, cand[np.arange(len(active)), best], slot)
-            num_fused[active[~joins]] += 1
-        else:
-            num_fused[active] += 1
-        sum_weight[slot] += wt
-        sum_box[slot] += wt[:, None] * box
-        members[slot] += 1
-        fused[slot] = sum_box[slot] / sum_weight[slot][:, None]
-        fused_area[slot] = (fused[slot, 2] - fused[slot, 0]) * (fused[slot, 3] - fused[slot, 1])
+@dataclasses.dataclass(frozen=True)
+class _FusionInput:
+    """The boxes that take part in a fusion, in the order they are visited.
 
-    slots = start.repeat(num_fused) + _ragged_arange(num_fused)
-    score = (sum_weight[slots] / members[slots]) * np.minimum(members[slots], num_models) / w.sum()
-    out = np.lexsort((slots, -score))
-    slots, score = slots[out], score[out]
-    return ImageDetections(image_id, fused[slots].astype(np.float32), score.astype(np.float32),
-                           mids[order[slots]])
+    Sorted by class, then descending weighted score, then input order (models
+    in the given order). K boxes.
+
+    Attributes:
+      cls: [K] int64 class code, non-decreasing (codes in order of first appearance).
+      boxes: [K, 4] float64 (ymin, xmin, ymax, xmax), normalized, clipped to [0, 1].
+      weighted: [K] float64 score x its model's weight, > 0.
+      area: [K] float64 box area, > 0.
+      mids: [K] object MIDs.
+    """
+
+    cls: np.ndarray
+    boxes: np.ndarray
+    weighted: np.ndarray
+    area: np.ndarray
+    mids: np.ndarray
+
+    @staticmethod
+    def sorted_by_class(dets_list: Sequence[ImageDetections], w: np.ndarray,
+                        skip_score: float) -> _FusionInput:
+        """All models' boxes clipped to [0, 1], less those that score below skip_score,
+        have a weighted score <= 0 or have no area.
+
+        Args:
+          dets_list: [M] detections of one image by M models.
+          w: [M] float64 model weights.
+        """
+        boxes = np.clip(np.concatenate([d.boxes for d in dets_list]).astype(np.float64),
+                        0.0, 1.0)
+        scores = np.concatenate([d.scores for d in dets_list]).astype(np.float64)
+        model = np.repeat(np.arange(len(dets_list)), [len(d) for d in dets_list])
+        mids = np.concatenate([d.mids for d in dets_list])
+        weighted = scores * w[model]
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        keep = np.flatnonzero((scores >= skip_score) & (weighted > 0) & (area > 0))
+        index: dict[str, int] = {}
+        cls = np.fromiter((index.setdefault(m, len(index)) for m in mids[keep].tolist()),
+                          np.int64, len(keep))
+        order = keep[np.lexsort((keep, -weighted[keep], cls))]
+        return _FusionInput(np.sort(cls, kind="stable"), boxes[order], weighted[order],
+                            area[order], mids[order])
+
+
+class _FusedBoxes:
+    """The fused boxes of every class while a fusion runs, C classes, K input boxes.
+
+    Class c's input boxes are rows [start[c], start[c] + size[c]) of the
+    _FusionInput arrays. Its fused boxes live in the same slots, the first
+    count[c] of them: a class never has more fused boxes than boxes.
+
+    Attributes:
+      start, size, count: [C] int64.
+      boxes: [K, 4] float64 (ymin, xmin, ymax, xmax): the current fused box of
+        each slot, the weighted-score-weighted mean of its members.
+      area: [K] float64 area of `boxes`.
+      sum_weight: [K] float64 sum of the members' weighted scores.
+      sum_box: [K, 4] float64 sum of weighted score x coordinates.
+      members: [K] int64 member count.
+    """
+
+    def __init__(self, cls: np.ndarray):
+        """cls: [K] non-decreasing class code of each input box."""
+        n = len(cls)
+        self.start = np.flatnonzero(np.r_[True, cls[1:] != cls[:-1]])
+        self.size = np.diff(np.r_[self.start, n])
+        self.count = np.zeros(len(self.start), np.int64)
+        self.boxes = np.zeros((n, 4))
+        self.area = np.zeros(n)
+        self.sum_weight = np.zeros(n)
+        self.sum_box = np.zeros((n, 4))
+        self.members = np.zeros(n, np.int64)
+
+    def match(self, active: np.ndarray, box: np.ndarray, area: np.ndarray,
+              iou_threshold: float) -> np.ndarray:
+        """The slot each box joins: its class's best-overlapping fused box, or a new one.
+
+        Args:
+          active: [A] classes, each with one box to place.
+          box: [A, 4] float64 (ymin, xmin, ymax, xmax) of those boxes; area: [A].
+          iou_threshold: a box joins when its best IoU is strictly above it.
+        Returns:
+          [A] slots. Classes whose box opens a new fused box have their count
+          raised.
+        """
+        n = len(self.boxes)
+        count = self.count[active]
+        slot = self.start[active] + count  # where a new fused box would go
+        k = int(count.max())
+        if not k:
+            self.count[active] += 1
+            return slot
+        # Every class is padded to k candidates; the padding is masked out below.
+        cand = np.minimum(self.start[active, None] + np.arange(k), n - 1)  # [A, k]
+        valid = np.arange(k) < count[:, None]
+        iou = _iou_one_to_many(box, area, self.boxes[cand], self.area[cand])
+        iou = np.where(valid, iou, -1.0)
+        best = np.argmax(iou, axis=1)
+        joins = iou[np.arange(len(active)), best] > iou_threshold
+        self.count[active[~joins]] += 1
+        return np.where(joins, cand[np.arange(len(active)), best], slot)
+
+    def add(self, slot: np.ndarray, box: np.ndarray, weighted: np.ndarray) -> None:
+        """Adds each box to the fused box of its slot and moves that box to the new mean.
+
+        Args:
+          slot: [A] distinct slots.
+          box: [A, 4] float64 (ymin, xmin, ymax, xmax), normalized.
+          weighted: [A] float64 weighted scores.
+        """
+        self.sum_weight[slot] += weighted
+        self.sum_box[slot] += weighted[:, None] * box
+        self.members[slot] += 1
+        fused = self.sum_box[slot] / self.sum_weight[slot][:, None]
+        self.boxes[slot] = fused
+        self.area[slot] = (fused[:, 2] - fused[:, 0]) * (fused[:, 3] - fused[:, 1])
 
 
 def _iou_one_to_many(box: np.ndarray, area: np.ndarray, others: np.ndarray,
@@ -668,67 +768,455 @@ def _format_coordinates(boxes: np.ndarray) -> pa.Array:
 
 # -- reading back ----------------------------------------------------------------------------
 
+# Why a row or detection is skipped under --lenient (and named in the error otherwise).
+MALFORMED_ROW = "malformed_row"  # a CSV row without exactly the header's fields
+DUPLICATE_IMAGE = "duplicate_image_id"  # a second row for the same ImageId
+BAD_TOKEN_COUNT = "bad_token_count"  # tokens not in groups of six
+BAD_NUMBER = "bad_number"  # a score or coordinate that is not a finite number
+UNKNOWN_MID = "unknown_mid"  # a LabelName not in the class list
+COORD_OUT_OF_RANGE = "coordinate_out_of_range"  # a coordinate outside [0, 1]
+# Counted in rows; the other reasons are counted in detections.
+ROW_REASONS = (MALFORMED_ROW, DUPLICATE_IMAGE, BAD_TOKEN_COUNT)
+
+_FIXES = {
+    MALFORMED_ROW: "a row is ImageId,PredictionString",
+    DUPLICATE_IMAGE: "put all detections of an image in one row",
+    BAD_TOKEN_COUNT: "a PredictionString is groups of six: LabelName Score XMin YMin XMax YMax",
+    BAD_NUMBER: "scores and coordinates are finite decimal numbers",
+    UNKNOWN_MID: "use MIDs of the class list (--classes)",
+    COORD_OUT_OF_RANGE: "coordinates are normalized to [0, 1]",
+}
+_PREDICTION_FIELDS = ("Score", "XMin", "YMin", "XMax", "YMax")  # Kaggle order after LabelName
+_NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+MAX_LISTED = 1000  # skipped detections kept with their details; counts are always complete
+
+
+@dataclasses.dataclass
+class Submission:
+    """The detections of a submission file, in file order.
+
+    Attributes:
+      image_ids: [R] the ImageId of every row kept.
+      row: [N] the row (index into image_ids) of each detection.
+      labels: [N] class indices into the class list.
+      scores: [N] float64.
+      boxes: [N, 4] float64 (ymin, xmin, ymax, xmax), normalized — reordered
+        from the string's XMin YMin XMax YMax (a transposed view of [4, N] rows).
+    """
+
+    image_ids: np.ndarray
+    row: np.ndarray
+    labels: np.ndarray
+    scores: np.ndarray
+    boxes: np.ndarray
+
+
+@dataclasses.dataclass
+class SubmissionReport:
+    """What read_submission kept and skipped.
+
+    Attributes:
+      path: the file read.
+      rows: rows kept; detections: detections kept.
+      skipped: reason -> rows (MALFORMED_ROW, DUPLICATE_IMAGE, BAD_TOKEN_COUNT)
+        or detections (the other reasons) skipped for it.
+      skipped_lines: (line, reason, detail) of the first MAX_LISTED skips.
+    """
+
+    path: str
+    rows: int = 0
+    detections: int = 0
+    skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped_lines: list[tuple[int | None, str, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        text = f"{self.path}: {self.rows} rows, {self.detections} detections"
+        if self.skipped:
+            unit = {r: "rows" if r in ROW_REASONS else "detections" for r in self.skipped}
+            text += " kept; skipped " + ", ".join(
+                f"{n} {unit[r]} ({r})" for r, n in sorted(self.skipped.items()))
+        return text
+
+
+@dataclasses.dataclass
+class _Parsed:
+    """Tokens of a submission before validation (internal)."""
+
+    image_ids: np.ndarray  # [R] object: the ImageId of every row
+    row: np.ndarray  # [N] int64: the row of each detection
+    label_names: list[str]  # the distinct LabelName tokens
+    label_codes: np.ndarray  # [N] int32 index into label_names
+    # [5, N] float64: rows score, ymin, xmin, ymax, xmax (_ROWS); NaN where a token
+    # is no number. Rows, not columns, so that the evaluator takes them without copies.
+    numbers: np.ndarray
+    token_counts: np.ndarray | None = None  # [R] tokens per row; None: all multiples of 6
+    bad_tokens: dict[tuple[int, int], str] = dataclasses.field(default_factory=dict)
+    malformed: list[str] = dataclasses.field(default_factory=list)  # rows skipped by Arrow
+    # (path, header fields) to find the physical line of each row when one is
+    # needed; None when every row is on line row + 2 (the fast path).
+    lines_from: tuple[str, int] | None = None
+
+
+_ROWS = ("Score", "YMin", "XMin", "YMax", "XMax")  # rows of _Parsed.numbers
+_ROW_OF_TOKEN = (0, 2, 1, 4, 3)  # Kaggle token 1..5 (Score XMin YMin XMax YMax) -> row
+_BLOCK_BYTES = 32 << 20
+
+
+def read_submission(path: str, classes: ClassTable, *,
+                    lenient: bool = False) -> tuple[Submission, SubmissionReport]:
+    """Reads a Kaggle submission (`ImageId,PredictionString`), plain or gzipped (`.gz`).
+
+    A PredictionString is whitespace-separated groups of
+    `LabelName Score XMin YMin XMax YMax` (normalized); empty means no
+    detections. Boxes with min >= max are kept here (the metric drops them).
+    Vectorized: the tokens never become Python objects.
+
+    Returns:
+      The Submission (boxes [N, 4] float64 (ymin, xmin, ymax, xmax), labels as
+      indices into `classes`) and the report of what was kept and skipped.
+    Raises:
+      InputFileError naming the line and ImageId of the first problem: a token
+      count that is not a multiple of six, a score or coordinate that is not a
+      finite number, a MID not in `classes`, a coordinate outside [0, 1], a
+      repeated ImageId, a malformed CSV row. With `lenient`, such rows or
+      detections are skipped and counted in the report instead.
+    """
+    path = str(path)
+    return _validate_submission(_parse(path, lenient), classes, lenient, SubmissionReport(path))
+
 
 def read_submission_rows(path: str) -> Iterator[ImageDetections]:
     """The rows of a submission file (plain or .gz) as ImageDetections, in file order.
 
-    Streams: one row in memory at a time. Boxes come back in (ymin, xmin,
-    ymax, xmax) order. For scoring a whole file, oid.metric.read_submission is
-    much faster; this is for re-reading a submission to merge or inspect it.
+    For re-reading a submission to merge or inspect it, without a class list.
+    The file is parsed and checked whole by read_submission's parser (every
+    check but the class list's), then yielded row by row: boxes [N, 4]
+    (ymin, xmin, ymax, xmax), normalized; an empty PredictionString gives an
+    image without detections.
 
     Raises:
-      InputFileError naming the line of a bad header, a row without two
-      fields, a token count that is not a multiple of six or a number that
-      does not parse.
+      InputFileError (on the first next()) naming the line of the first
+      problem, as read_submission without `lenient`.
     """
     path = str(path)
+    parsed = _parse(path, lenient=False)
+    submission, _ = _validate_submission(parsed, None, False, SubmissionReport(path))
+    # Without a class list, labels index the file's distinct LabelNames.
+    mids = np.array(parsed.label_names, object)[submission.labels]
+    # Detections are in file order, so each row's are one slice.
+    bounds = np.searchsorted(submission.row, np.arange(len(submission.image_ids) + 1))
+    for r, image_id in enumerate(submission.image_ids.tolist()):
+        rows = slice(bounds[r], bounds[r + 1])
+        yield ImageDetections(image_id, submission.boxes[rows], submission.scores[rows],
+                              mids[rows])
+
+
+def _parse(path: str, lenient: bool) -> _Parsed:
+    """The tokens of a submission file, by the fast parser when the file allows it."""
+    parsed = _parse_fast(path)
+    if parsed is None:  # anything unusual: the general parser handles and reports it
+        parsed = _parse_general(path, lenient)
+    return parsed
+
+
+def _parse_fast(path: str) -> _Parsed | None:
+    """The common file shape, parsed at disk speed; None for anything else.
+
+    Handles the common shape only (gzipped files are decompressed on the way):
+    the header ImageId,PredictionString, no quotes, tabs, CRs, blank lines or
+    other punctuation, single spaces between tokens, token counts that are
+    multiples of six and numbers that parse. Each block of rows is rewritten in
+    place into a CSV of one detection per line for Arrow's multi-threaded
+    parser, so neither the 24M tokens of a 4M-detection file nor their text
+    ever become Python objects.
+    """
+    parts = []
+    rows = 0
+    with fileio.open_maybe_gzip(path, "rb") as f:
+        header = next(csv.reader([f.readline().decode("utf-8-sig", "replace").rstrip("\r\n")]), [])
+        if header not in (["ImageId", "PredictionString"], ["ImageID", "PredictionString"]):
+            return None
+        carry = np.zeros(0, np.uint8)
+        while True:
+            data = f.read(_BLOCK_BYTES)
+            buf = np.empty(len(carry) + len(data) + 1, np.uint8)
+            buf[:len(carry)] = carry
+            buf[len(carry):-1] = np.frombuffer(data, np.uint8)
+            if data:
+                cut = _after_last_newline(buf[:-1])
+                buf, carry = buf[:cut], buf[cut:-1].copy()
+            elif len(carry) and carry[-1] != 10:
+                buf[-1] = 10  # a last row without its newline
+            else:
+                buf = buf[:-1]
+            if len(buf):
+                part = _parse_fast_block(buf, rows)
+                if part is None:
+                    return None
+                parts.append(part)
+                rows += len(part[0])
+            if not data:
+                break
+    names: dict[str, int] = {}
+    codes = []
+    for _, _, block_names, block_codes, _ in parts:
+        lut = np.array([names.setdefault(n, len(names)) for n in block_names] + [0], np.int32)
+        codes.append(lut[block_codes])
+    return _Parsed(
+        image_ids=np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, object),
+        row=np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64),
+        label_names=list(names),
+        label_codes=np.concatenate(codes) if codes else np.zeros(0, np.int32),
+        numbers=np.concatenate([p[4] for p in parts], axis=1) if parts else np.zeros((5, 0)))
+
+
+def _after_last_newline(buf: np.ndarray) -> int:
+    """Index after the last newline of `buf` (0 if none), looking at its tail first."""
+    width = 1 << 16
+    while True:
+        lo = max(0, len(buf) - width)
+        hits = np.flatnonzero(buf[lo:] == 10)
+        if len(hits):
+            return lo + int(hits[-1]) + 1
+        if not lo:
+            return 0
+        width *= 8
+
+
+def _parse_fast_block(buf: np.ndarray, first_row: int):
+    """Whole rows (ending in a newline) -> (image ids, row, label names, label codes, numbers)."""
+    end = np.flatnonzero(buf == 10)
+    comma = np.flatnonzero(buf == 44)
+    space = np.flatnonzero(buf == 32)
+    if np.count_nonzero(buf < 45) != len(end) + len(comma) + len(space):
+        return None  # quotes, tabs, CRs, other control characters or punctuation
+    start = np.r_[0, end[:-1] + 1]
+    if len(comma) != len(end) or (comma < start + 1).any() or (comma >= end).any():
+        return None  # blank lines, empty ImageIds, commas in a PredictionString
+    first_space = np.searchsorted(space, start)
+    num_spaces = np.searchsorted(space, end) - first_space
+    nonempty = comma + 1 < end
+    if ((np.searchsorted(space, comma) != first_space).any()  # a space in an ImageId
+            or (np.diff(space) < 2).any()  # runs of spaces
+            or (buf[comma[nonempty] + 1] == 32).any() or (buf[end[nonempty] - 1] == 32).any()):
+        return None
+    tokens = np.where(nonempty, num_spaces + 1, 0)
+    if (tokens % 6).any():
+        return None
+    per_row = tokens // 6
+    try:
+        view = memoryview(buf)
+        image_ids = np.array([bytes(view[a:b]).decode("utf-8")
+                              for a, b in zip(start.tolist(), comma.tolist(), strict=True)], object)
+    except UnicodeDecodeError:
+        return None
+    # Spaces become commas and every sixth a newline. The ImageId line becomes a
+    # row of its own with six fields ("xx...x,,,,,"): an ImageId of 5 or more
+    # bytes is overwritten in place, shorter ones get commas inserted.
+    buf[space] = 44
+    more = np.maximum(per_row - 1, 0)
+    buf[space[np.repeat(first_space + 5, more) + 6 * ragged_arange(more)]] = 10
+    if (comma - start).min() >= 5:
+        length = comma - start
+        buf[np.repeat(start, length) + ragged_arange(length)] = ord("x")
+        buf[np.repeat(comma - 5, 5) + np.tile(np.arange(5), len(comma))] = 44
+    else:
+        buf = np.insert(buf, np.repeat(comma, 5), np.uint8(44))
+        comma = comma + 5 * np.arange(1, len(comma) + 1)
+    buf[comma] = 10
+    names = ["LabelName", *_PREDICTION_FIELDS]
+    try:
+        table = pacsv.read_csv(
+            pa.py_buffer(buf),
+            read_options=pacsv.ReadOptions(column_names=names, block_size=8 << 20),
+            convert_options=pacsv.ConvertOptions(
+                column_types={"LabelName": pa.dictionary(pa.int32(), pa.string()),
+                              **{c: pa.float64() for c in names[1:]}},
+                null_values=[""], strings_can_be_null=False))
+    except pa.ArrowInvalid:
+        return None  # a token that is no number: the general parser names it
+    del buf
+    num_dets = int(per_row.sum())
+    if table.num_rows != len(end) + num_dets:
+        return None
+    # Output line of each ImageId row: its row index plus the detections before it.
+    detection = np.ones(table.num_rows, bool)
+    detection[np.arange(len(end)) + np.cumsum(per_row) - per_row] = False
+    labels = table.column("LabelName").unify_dictionaries()
+    label_names = labels.chunk(0).dictionary.to_pylist() if labels.num_chunks else []
+    label_codes = np.concatenate([c.indices.to_numpy(zero_copy_only=False)
+                                  for c in labels.chunks])[detection]
+    numbers = np.empty((5, num_dets))
+    for k, name in enumerate(names[1:]):
+        numbers[_ROW_OF_TOKEN[k]] = table.column(name).to_numpy()[detection]
+    row = np.repeat(np.arange(first_row, first_row + len(end)), per_row)
+    return image_ids, row, label_names, label_codes, numbers
+
+
+def _parse_general(path: str, lenient: bool) -> _Parsed:
+    """Any CSV Arrow reads: quotes, CRLF, blank lines, tabs, runs of spaces, bad tokens."""
+    id_column, num_fields = _header(path)
+    on_invalid_row, malformed = fileio.invalid_row_collector(lenient)
+
+    try:
+        with fileio.open_maybe_gzip(path, "rb") as f:
+            table = pacsv.read_csv(
+                f, read_options=pacsv.ReadOptions(block_size=16 << 20),
+                parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid_row),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in (id_column, "PredictionString")},
+                    include_columns=[id_column, "PredictionString"],
+                    strings_can_be_null=False, quoted_strings_can_be_null=False))
+    except pa.ArrowInvalid:
+        line, text = next(((n, t) for n, t, ok in _scan_rows(path, num_fields) if not ok),
+                          (None, ""))
+        raise InputFileError(path, line, f"{MALFORMED_ROW}: {text!r} does not have the "
+                                         f"{num_fields} fields of the header; "
+                                         f"{_FIXES[MALFORMED_ROW]}") from None
+    image_ids = table.column(id_column).to_numpy(zero_copy_only=False).astype(object)
+    strings = pc.ascii_trim_whitespace(table.column("PredictionString").combine_chunks())
+    del table
+    # An empty string would split into one empty token: make it null (no tokens).
+    strings = pc.if_else(pc.equal(pc.binary_length(strings), 0), pa.scalar(None, pa.string()),
+                         strings)
+    lists = pc.ascii_split_whitespace(strings)  # (runs of whitespace are one separator)
+    del strings
+    token_counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(
+        zero_copy_only=False).astype(np.int64)
+    whole = token_counts % 6 == 0
+    flat = pc.list_flatten(lists.filter(pa.array(whole)))
+    del lists
+    row = np.repeat(np.arange(len(token_counts)), np.where(whole, token_counts // 6, 0))
+    n = len(row)
+    labels = pc.dictionary_encode(flat.take(pa.array(np.arange(0, 6 * n, 6, dtype=np.int64))))
+    numbers = np.empty((5, n))
+    bad_tokens: dict[tuple[int, int], str] = {}
+    for k in range(5):
+        column = flat.take(pa.array(np.arange(k + 1, 6 * n, 6, dtype=np.int64)))
+        valid = pc.match_substring_regex(column, _NUMBER).to_numpy(zero_copy_only=False)
+        if not valid.all():
+            for d in np.flatnonzero(~valid)[:MAX_LISTED].tolist():
+                bad_tokens[d, _ROW_OF_TOKEN[k]] = column[d].as_py()
+            column = pc.if_else(pa.array(valid), column, pa.scalar(None, pa.string()))
+        numbers[_ROW_OF_TOKEN[k]] = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    return _Parsed(image_ids, row, labels.dictionary.to_pylist(),
+                   labels.indices.to_numpy(zero_copy_only=False), numbers, token_counts,
+                   bad_tokens, malformed, (path, num_fields))
+
+
+def _header(path: str) -> tuple[str, int]:
+    """The ImageId column's name (ImageId or ImageID) and the number of header fields."""
+    with fileio.open_maybe_gzip(path, "rb") as f:
+        first = f.readline().decode("utf-8-sig").rstrip("\r\n")
+    header = [h.strip() for h in next(csv.reader([first]), [])]
+    id_column = next((h for h in ("ImageId", "ImageID") if h in header), None)
+    if id_column is None or "PredictionString" not in header:
+        raise InputFileError(path, 1, f"expected the header {HEADER}, found "
+                                      f"{','.join(header) or 'an empty line'}")
+    return id_column, len(header)
+
+
+def _scan_rows(path: str, num_fields: int):
+    """(first line, text, well-formed) of every non-blank data row, as Arrow counts them."""
     with fileio.open_maybe_gzip(path, "r") as f:
         reader = csv.reader(f)
-        header = [h.strip().lstrip("\ufeff") for h in next(reader, [])]
-        if header not in (["ImageId", "PredictionString"], ["ImageID", "PredictionString"]):
-            raise InputFileError(path, 1, f"expected the header {HEADER}, found "
-                                          f"{','.join(header) or 'nothing'}")
-        for fields in reader:
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise InputFileError(path, reader.line_num,
-                                     f"expected 2 fields ImageId,PredictionString, found "
-                                     f"{len(fields)}")
-            yield _parse_row(path, reader.line_num, fields[0], fields[1])
+        last = 0
+        for index, fields in enumerate(reader):
+            line, last = last + 1, reader.line_num
+            if fields and index:
+                yield line, ",".join(fields), len(fields) == num_fields
 
 
-def _parse_row(path: str, line: int, image_id: str, text: str) -> ImageDetections:
-    tokens = text.split()
-    if len(tokens) % 6:
-        raise InputFileError(path, line, f"ImageId {image_id!r}: {len(tokens)} tokens; a "
-                                         "PredictionString is groups of six: "
-                                         "LabelName Score XMin YMin XMax YMax")
-    if not tokens:
-        return ImageDetections.empty(image_id)
-    groups = np.array(tokens, object).reshape(-1, 6)
-    try:
-        numbers = groups[:, 1:].astype(np.float64)  # Score XMin YMin XMax YMax
-    except ValueError as e:
-        raise InputFileError(path, line, f"ImageId {image_id!r}: {e}") from None
-    return ImageDetections(image_id, numbers[:, [2, 1, 4, 3]], numbers[:, 0], groups[:, 0])
+def _validate_submission(parsed: _Parsed, classes: ClassTable | None, lenient: bool,
+                         report: SubmissionReport) -> tuple[Submission, SubmissionReport]:
+    """Checks the parsed tokens; classes None: any LabelName, labels index parsed.label_names."""
+    row, numbers = parsed.row, parsed.numbers
+    num_rows = len(parsed.image_ids)
+    names = parsed.label_names
+    if classes is None:
+        labels = np.asarray(parsed.label_codes, np.int32)
+    else:
+        # MIDs are looked up once per distinct label, not once per detection.
+        lut = np.array([classes.index(m) if m in classes else -1 for m in names] + [-1],
+                       np.int32)
+        labels = lut[parsed.label_codes]
+    finite = np.isfinite(numbers)
+    all_finite = finite.all(axis=0)
+    outside = finite[1:] & ((numbers[1:] < 0) | (numbers[1:] > 1))
 
+    def detail(reason: str, r: int, d: int) -> str:
+        if reason == BAD_TOKEN_COUNT:
+            return f"the PredictionString has {parsed.token_counts[r]} tokens"
+        if reason == DUPLICATE_IMAGE:
+            return f"ImageId {parsed.image_ids[r]!r} already has a row"
+        if reason == UNKNOWN_MID:
+            return f"LabelName {names[parsed.label_codes[d]]!r} is not in the class list"
+        if reason == BAD_NUMBER:
+            k = int(np.argmin(finite[:, d]))
+            text = parsed.bad_tokens.get((d, k))
+            value = repr(text) if text is not None else str(numbers[k, d])
+            return f"{_ROWS[k]} {value} is not a finite number"
+        k = int(np.argmax(outside[:, d])) + 1
+        return f"{_ROWS[k]}={numbers[k, d]:g} is outside [0, 1]"
 
-def detections_by_image(image_ids: Sequence[str], boxes: np.ndarray, scores: np.ndarray,
-                        mids: np.ndarray, num_detections: np.ndarray | None = None,
-                        ) -> list[ImageDetections]:
-    """Splits a batch of padded model outputs into one ImageDetections an image.
+    def where(r: int, d: int) -> str:
+        nth = f"detection {d - int(np.searchsorted(row, r)) + 1}, " if d >= 0 else ""
+        return f"ImageId {parsed.image_ids[r]!r}, {nth}"
 
-    Args:
-      image_ids: [B] ids (str or bytes).
-      boxes: [B, M, 4] (ymin, xmin, ymax, xmax) normalized to the original image.
-      scores: [B, M].
-      mids: [B, M] MIDs (str or bytes); padding rows may hold anything.
-      num_detections: [B] valid rows of each image (default M).
-    """
-    boxes, scores, mids = np.asarray(boxes), np.asarray(scores), np.asarray(mids)
-    count = (np.full(len(image_ids), scores.shape[1]) if num_detections is None
-             else np.asarray(num_detections).reshape(-1))
-    return [ImageDetections(image_ids[b], boxes[b, :count[b]], scores[b, :count[b]],
-                            mids[b, :count[b]]) for b in range(len(image_ids))]
+    scanned: list = []  # the file's rows, scanned once and only to name lines
 
+    def rows_scanned() -> list[tuple[int, str, bool]]:
+        if not scanned and parsed.lines_from is not None:
+            scanned.extend(_scan_rows(*parsed.lines_from))
+        return scanned
+
+    def line_of(r: int) -> int:
+        if parsed.lines_from is None:
+            return r + 2
+        return [line for line, _, ok in rows_scanned() if ok][r]
+
+    # Rows, then detections; each is counted under its first reason only.
+    token_rows = (parsed.token_counts % 6 != 0) if parsed.token_counts is not None \
+        else np.zeros(num_rows, bool)
+    repeated = pd.Series(parsed.image_ids, dtype=object).duplicated().to_numpy()
+    bad_row = {BAD_TOKEN_COUNT: token_rows, DUPLICATE_IMAGE: repeated & ~token_rows}
+    row_ok = ~(token_rows | repeated)
+    remaining = row_ok[row]
+    bad_det = {}
+    for reason, mask in ((BAD_NUMBER, ~all_finite), (UNKNOWN_MID, labels < 0),
+                         (COORD_OUT_OF_RANGE, outside.any(axis=0))):
+        bad_det[reason] = mask & remaining
+        remaining &= ~mask
+
+    found = [(r, -1, reason) for reason, mask in bad_row.items()
+             for r in np.flatnonzero(mask)[:MAX_LISTED].tolist()]
+    found += [(int(row[d]), d, reason) for reason, mask in bad_det.items()
+              for d in np.flatnonzero(mask)[:MAX_LISTED].tolist()]
+    found.sort()
+    if not lenient and found:
+        r, d, reason = found[0]
+        raise InputFileError(report.path, line_of(r),
+                             f"{where(r, d)}{reason}: {detail(reason, r, d)}; "
+                             f"{_FIXES[reason]} (or pass --lenient to skip and count them)")
+    if parsed.malformed:
+        for line, text, ok in rows_scanned():
+            if not ok and len(report.skipped_lines) < MAX_LISTED:
+                report.skipped_lines.append((line, MALFORMED_ROW, f"{text!r} does not have the "
+                                                                  "header's fields"))
+    if found:
+        well_formed = [line for line, _, ok in rows_scanned() if ok]
+        for r, d, reason in found[:MAX_LISTED - len(report.skipped_lines)]:
+            line = well_formed[r] if parsed.lines_from is not None else r + 2
+            report.skipped_lines.append((line, reason, where(r, d) + detail(reason, r, d)))
+        report.skipped_lines.sort(key=lambda x: (x[0] is None, x[0] or 0))
+    counts = {MALFORMED_ROW: len(parsed.malformed),
+              **{k: int(m.sum()) for k, m in bad_row.items()},
+              **{k: int(m.sum()) for k, m in bad_det.items()}}
+    report.skipped.update({k: n for k, n in counts.items() if n})
+    report.rows = int(row_ok.sum())
+    report.detections = int(remaining.sum())
+    if not remaining.all():
+        row, labels, numbers = row[remaining], labels[remaining], numbers[:, remaining]
+    submission = Submission(image_ids=parsed.image_ids, row=row, labels=labels,
+                            scores=numbers[0], boxes=numbers[1:].T)
+    return submission, report

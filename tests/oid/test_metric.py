@@ -20,16 +20,18 @@ from oid.classes import ClassTable
 from oid.errors import InputFileError
 from oid.hierarchy import Hierarchy
 from oid.metric import (
+    ClassResult,
+    OIDChallengeEvaluator,
+    average_precision,
+    main,
+)
+from oid.submission import (
     BAD_NUMBER,
     BAD_TOKEN_COUNT,
     COORD_OUT_OF_RANGE,
     DUPLICATE_IMAGE,
     MALFORMED_ROW,
     UNKNOWN_MID,
-    ClassResult,
-    OIDChallengeEvaluator,
-    average_precision,
-    main,
     read_submission,
 )
 
@@ -883,12 +885,12 @@ def test_table_for_people():
 
 
 def test_fast_parser_equals_general_parser_across_blocks(tmp_path, monkeypatch):
-    from oid import metric
+    from oid import submission
 
     path = write_random_case(make_random_case(3, num_images=60), tmp_path)["predictions"]
-    general = metric._parse_general(path, lenient=False)
-    monkeypatch.setattr(metric, "_BLOCK_BYTES", 1000)  # rows straddle many blocks
-    fast = metric._parse_fast(path)
+    general = submission._parse_general(path, lenient=False)
+    monkeypatch.setattr(submission, "_BLOCK_BYTES", 1000)  # rows straddle many blocks
+    fast = submission._parse_fast(path)
     assert fast is not None and fast.lines_from is None
     assert fast.image_ids.tolist() == general.image_ids.tolist()
     np.testing.assert_array_equal(fast.row, general.row)

@@ -18,17 +18,16 @@ from oid.classes import ClassTable
 from oid.errors import InputFileError
 from oid.hierarchy import Hierarchy
 from oid.metric import main as metric_main
-from oid.metric import read_submission
 from oid.submission import (
     ImageDetections,
     SubmissionWriter,
-    detections_by_image,
     drop_duplicate_boxes,
     expand_to_ancestors,
     format_rows,
     keep_top_k,
     merge_by_image_id,
     merge_levels,
+    read_submission,
     read_submission_rows,
     weighted_boxes_fusion,
 )
@@ -91,16 +90,6 @@ def test_keep_top_k_threshold_inclusive_highest_first_ties_in_order():
     assert len(keep_top_k(ImageDetections.empty("i"), 5, 0.0)) == 0
 
 
-def test_detections_by_image_splits_padded_batches():
-    boxes = np.zeros((2, 3, 4), np.float32)
-    boxes[1, 0] = B1
-    out = detections_by_image([b"a", b"b"], boxes, [[0.9, 0.8, 0], [0.7, 0, 0]],
-                              np.array([[b"/m/x", b"/m/y", b""], [b"/m/z", b"", b""]]), [2, 1])
-    assert [d.image_id for d in out] == ["a", "b"]
-    assert list(out[0].mids) == ["/m/x", "/m/y"] and list(out[1].mids) == ["/m/z"]
-    np.testing.assert_allclose(out[1].boxes, [B1])
-
-
 # -- hierarchy expansion -----------------------------------------------------------------------
 
 
@@ -134,7 +123,8 @@ def test_expansion_demo_hierarchy_star_has_two_parents():
     d = dets("i", (demo_data.STAR, 0.9, B1), (demo_data.EYE, 0.6, B2),
              (demo_data.SQUARE, 0.5, B2))
     got = rows_of(expand_to_ancestors(d, h))
-    # Star -> Polygon, Symbol; Eye is a Part of Smiley: not copied; Square -> Quadrilateral, Polygon.
+    # Star -> Polygon, Symbol; Eye is a Part of Smiley: not copied;
+    # Square -> Quadrilateral, Polygon.
     assert got == [
         (demo_data.STAR, 0.9, B1), (demo_data.POLYGON, 0.9, B1), (demo_data.SYMBOL, 0.9, B1),
         (demo_data.EYE, 0.6, B2),
@@ -479,7 +469,8 @@ def test_written_submission_scores_map_one_with_oid_metric(tmp_path, capsys):
 def test_read_submission_rows_errors_name_the_line(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text(f"ImageId,PredictionString\na,\nb,{DOG} 0.5 0.1 0.2\n")
-    with pytest.raises(InputFileError, match=r"bad.csv:3: ImageId 'b': 4 tokens"):
+    with pytest.raises(InputFileError,
+                       match=r"bad.csv:3: ImageId 'b', bad_token_count: .* has 4 tokens"):
         list(read_submission_rows(str(path)))
     path.write_text("ImageID,Score\n")
     with pytest.raises(InputFileError, match="bad.csv:1: expected the header"):
@@ -487,3 +478,18 @@ def test_read_submission_rows_errors_name_the_line(tmp_path):
     path.write_text(f"ImageId,PredictionString\na,{DOG} x 0.1 0.2 0.3 0.4\n")
     with pytest.raises(InputFileError, match="bad.csv:2"):
         list(read_submission_rows(str(path)))
+
+
+def test_read_submission_rows_checks_like_read_submission_but_the_class_list(tmp_path):
+    # One parser: the metric's checks hold here too, except that any label is kept.
+    path = tmp_path / "sub.csv"
+    path.write_text(f"ImageId,PredictionString\na,/m/0any 0.5 0.1 0.2 0.3 0.4\n"
+                    f"b,{DOG} 0.5 0.1 0.2 0.3 0.4\na,\n")
+    with pytest.raises(InputFileError, match=r"sub.csv:4: ImageId 'a', duplicate_image_id"):
+        list(read_submission_rows(str(path)))
+    path.write_text("ImageId,PredictionString\na,/m/0any 0.5 0.1 0.2 1.5 0.4\n")
+    with pytest.raises(InputFileError, match=r"sub.csv:2: .*XMax=1.5 is outside \[0, 1\]"):
+        list(read_submission_rows(str(path)))
+    path.write_text("ImageId,PredictionString\na,/m/0any 0.5 0.1 0.2 0.3 0.4\n")
+    (row,) = read_submission_rows(str(path))
+    assert row.mids.tolist() == ["/m/0any"]
