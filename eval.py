@@ -17,12 +17,25 @@ may be passed as is: the training flags in it that eval.py does not define are i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 
+import tensorflow as tf
 from absl import app, flags
+
+from engine.evaluation import LevelEvaluation, format_result, label_files, write_results
+from engine.inference import Detector, Inference, load_detector
+from engine.run_dir import is_saved_model, latest_checkpoint, read_json
+from engine.strategy import is_chief, make_strategy, wait_for_all_workers
+from model.config import PostprocessConfig
+from oid.classes import load_classes
+from oid.hierarchy import load_hierarchy
+from oid.submission import ImageDetections, SubmissionWriter
+from tfrecords.inference_input import RecordSource
+from tfrecords.layout import LevelRecords, RecordsLayout
+
+_POST = PostprocessConfig()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("level", 1, "Level to evaluate (RECORDS_DIR/level{N}).")
@@ -38,10 +51,12 @@ flags.DEFINE_string("data_dir", None, "DATA_DIR whose label/ holds the class tab
 flags.DEFINE_string("classes", None, "Class table CSV (MID,DisplayName); default from --data_dir.")
 flags.DEFINE_string("hierarchy", None, "Hierarchy JSON; default from --data_dir.")
 flags.DEFINE_integer("batch_size", 8, "Images per step over all replicas.")
-flags.DEFINE_float("score_threshold", 0.05, "Detections scoring below are dropped.")
-flags.DEFINE_float("nms_iou", 0.5, "Per-class NMS IoU threshold.")
-flags.DEFINE_integer("max_detections", 300, "Detections kept per image.")
-flags.DEFINE_integer("pre_nms_top_k", 1000, "(anchor, class) candidates per image before NMS.")
+flags.DEFINE_float("score_threshold", _POST.score_threshold, "Detections scoring below are "
+                   "dropped.")
+flags.DEFINE_float("nms_iou", _POST.nms_iou, "Per-class NMS IoU threshold.")
+flags.DEFINE_integer("max_detections", _POST.max_detections, "Detections kept per image.")
+flags.DEFINE_integer("pre_nms_top_k", _POST.pre_nms_top_k,
+                     "(anchor, class) candidates per image before NMS.")
 flags.DEFINE_bool("flip_tta", False, "Also run the mirrored image and merge (per-class NMS).")
 flags.DEFINE_string("output_dir", None, "metrics.json and per_class.csv; default MODEL_DIR/eval.")
 flags.DEFINE_string("predictions_csv", None,
@@ -71,72 +86,48 @@ def parse_flags(argv: list[str]) -> list[str]:
     return rest[:1]
 
 
-def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    import tensorflow as tf
+def postprocess_config() -> PostprocessConfig:
+    """The post-processing flags (eval.py and predict.py share their names and defaults)."""
+    return PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
+                             max_detections=FLAGS.max_detections,
+                             pre_nms_top_k=FLAGS.pre_nms_top_k)
 
-    from model.config import PostprocessConfig
-    from model.evaluation import LevelEvaluation, format_result, label_files, write_results
-    from model.inference import Inference, check_labels, is_saved_model, load_detector
-    from model.training import is_chief, make_strategy, wait_for_all_workers
-    from oid.classes import load_classes
-    from oid.hierarchy import load_hierarchy
-    from tfrecords.inference_input import RecordSource
 
-    # -- the level: labels, ground truth, records -----------------------------------------
-    level_dir = os.path.join(FLAGS.records_dir, f"level{FLAGS.level}")
-    labels_path = os.path.join(level_dir, "labels.json")
-    boxes_csv = os.path.join(level_dir, f"{FLAGS.split}-bbox.csv")
-    labels_csv = os.path.join(level_dir, f"{FLAGS.split}-image-labels.csv")
-    for path in (labels_path, boxes_csv, labels_csv):
+def read_level(level: LevelRecords) -> tuple[list[dict], int | None]:
+    """The level's labels and the number of images of --split (for the ETA), after checking
+    that the split's ground truth exists."""
+    for path in (level.labels, level.boxes_csv(FLAGS.split), level.image_labels_csv(FLAGS.split)):
         if not tf.io.gfile.exists(path):
             sys.exit(f"{path} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
                      f"--output_dir {FLAGS.records_dir} first")
-    with tf.io.gfile.GFile(labels_path) as f:
-        labels = json.load(f)
-    try:
-        classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    classes = load_classes(classes_path)
     total = None
-    stats_path = os.path.join(level_dir, "stats.json")
-    if tf.io.gfile.exists(stats_path):
-        with tf.io.gfile.GFile(stats_path) as f:
-            total = json.load(f).get("splits", {}).get(FLAGS.split, {}).get("images")
+    if tf.io.gfile.exists(level.stats):
+        total = read_json(level.stats).get("splits", {}).get(FLAGS.split, {}).get("images")
+    return read_json(level.labels), total
 
-    # -- strategy and model ---------------------------------------------------------------
-    strategy = make_strategy(FLAGS.strategy)
-    logging.info("strategy %s with %d replicas", type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
+
+def load_model_to_evaluate(strategy, labels: list[dict], level: LevelRecords,
+                           ) -> tuple[Detector, str | None]:
+    """(the detector of --model_dir, the checkpoint it was read from: None for a SavedModel)."""
     checkpoint = FLAGS.checkpoint
     if checkpoint and is_saved_model(FLAGS.model_dir):
         sys.exit(f"--checkpoint is for a training run's directory; {FLAGS.model_dir} is a "
                  "SavedModel")
     if checkpoint is None and not is_saved_model(FLAGS.model_dir):
-        checkpoint = tf.train.latest_checkpoint(os.path.join(FLAGS.model_dir, "checkpoints"))
+        checkpoint = latest_checkpoint(FLAGS.model_dir)
     try:
         detector = load_detector(FLAGS.model_dir, strategy, checkpoint)
-        check_labels(detector, labels, labels_path, FLAGS.level)
+        detector.check_labels(labels, level.labels, FLAGS.level)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"error: {e}")
-    logging.info("evaluating %s on %s", checkpoint or FLAGS.model_dir, level_dir)
+    return detector, checkpoint
 
-    # -- evaluate -------------------------------------------------------------------------
-    evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path), boxes_csv, labels_csv,
-                                 [e["mid"] for e in detector.labels])
-    post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
-                             max_detections=FLAGS.max_detections,
-                             pre_nms_top_k=FLAGS.pre_nms_top_k)
-    inference = Inference(strategy, [detector], post, FLAGS.flip_tta)
-    source = RecordSource(os.path.join(level_dir, f"{FLAGS.split}-*.tfrecord"))
-    chief = is_chief(strategy)
+
+def evaluate(evaluation: LevelEvaluation, inference: Inference, source: RecordSource,
+             total: int | None, chief: bool):
+    """Runs the evaluation, streaming the detections to --predictions_csv on the chief."""
     writer = None
     if FLAGS.predictions_csv and chief:
-        from oid.submission import ImageDetections, SubmissionWriter
-
         tf.io.gfile.makedirs(os.path.dirname(FLAGS.predictions_csv) or ".")
         writer = SubmissionWriter(FLAGS.predictions_csv)
 
@@ -156,6 +147,38 @@ def main(argv):
         stats = writer.close()
         logging.info("wrote %d rows, %d detections to %s", stats.rows, stats.detections,
                      FLAGS.predictions_csv)
+    return result
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    # -- the level: labels, ground truth, records -----------------------------------------
+    level = RecordsLayout(FLAGS.records_dir).level(FLAGS.level)
+    labels, total = read_level(level)
+    try:
+        classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    classes = load_classes(classes_path)
+
+    # -- strategy and model ---------------------------------------------------------------
+    strategy = make_strategy(FLAGS.strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    detector, checkpoint = load_model_to_evaluate(strategy, labels, level)
+    logging.info("evaluating %s on %s", checkpoint or FLAGS.model_dir, level.dir)
+
+    # -- evaluate -------------------------------------------------------------------------
+    evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path),
+                                 level.boxes_csv(FLAGS.split),
+                                 level.image_labels_csv(FLAGS.split),
+                                 [e["mid"] for e in detector.labels])
+    inference = Inference(strategy, [detector], postprocess_config(), FLAGS.flip_tta)
+    chief = is_chief(strategy)
+    result = evaluate(evaluation, inference, RecordSource(level.shards(FLAGS.split)), total,
+                      chief)
 
     # -- results --------------------------------------------------------------------------
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.model_dir, "eval")

@@ -20,7 +20,22 @@ import os
 import re
 import sys
 
+import tensorflow as tf
 from absl import app, flags
+
+from engine.evaluation import label_files
+from engine.inference import Detector, Inference, load_detector
+from engine.prediction import Combiner
+from engine.strategy import is_chief, make_strategy, wait_for_all_workers
+from model.config import PostprocessConfig
+from oid.classes import ClassTable, load_classes
+from oid.hierarchy import load_hierarchy
+from oid.levels import LevelSpec
+from oid.submission import SubmissionWriter
+from oid.visualize import draw_detections
+from tfrecords.inference_input import ImageFolderSource, RecordSource, Source, read_images
+
+_POST = PostprocessConfig()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string(
@@ -40,10 +55,14 @@ flags.DEFINE_string("levels_spec", None, "levels.json (python -m oid.levels): ea
                     "classes must be its level's, in order.")
 flags.DEFINE_integer("top_k", 300, "Detections kept per image, after merging the levels and "
                      "copying boxes to ancestors.")
-flags.DEFINE_float("score_threshold", 0.05, "Detections scoring below are dropped.")
-flags.DEFINE_integer("max_detections", 300, "Detections per image and model, after NMS.")
-flags.DEFINE_float("nms_iou", 0.5, "Per-class NMS IoU threshold (and of the flip TTA merge).")
-flags.DEFINE_integer("pre_nms_top_k", 1000, "(anchor, class) candidates per image before NMS.")
+flags.DEFINE_float("score_threshold", _POST.score_threshold,
+                   "Detections scoring below are dropped.")
+flags.DEFINE_integer("max_detections", _POST.max_detections,
+                     "Detections per image and model, after NMS.")
+flags.DEFINE_float("nms_iou", _POST.nms_iou,
+                   "Per-class NMS IoU threshold (and of the flip TTA merge).")
+flags.DEFINE_integer("pre_nms_top_k", _POST.pre_nms_top_k,
+                     "(anchor, class) candidates per image before NMS.")
 flags.DEFINE_bool("flip_tta", False, "Also run every model on the mirrored image and merge "
                   "both passes by per-class NMS.")
 flags.DEFINE_float("wbf_iou", 0.55, "Ensembles: boxes of one class fuse above this IoU.")
@@ -72,50 +91,14 @@ def parse_models(values: list[str]) -> dict[int, list[str]]:
     return levels
 
 
-def main(argv):
-    del argv
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)
-    if bool(FLAGS.images) == bool(FLAGS.records):
-        sys.exit("pass exactly one of --images DIR and --records PATTERN")
-    try:
-        models = parse_models(FLAGS.model)
-    except ValueError as e:
-        sys.exit(f"error: {e}")
-    import tensorflow as tf
-
-    from model.config import PostprocessConfig
-    from model.evaluation import label_files
-    from model.inference import Inference, check_labels, load_detector
-    from model.prediction import Combiner
-    from model.training import is_chief, make_strategy, wait_for_all_workers
-    from oid.classes import load_classes
-    from oid.hierarchy import load_hierarchy
-    from oid.levels import LevelSpec
-    from oid.submission import SubmissionWriter
-    from tfrecords.inference_input import ImageFolderSource, RecordSource
-
-    classes_path = hierarchy_path = None
-    if FLAGS.expand or FLAGS.data_dir or FLAGS.classes:
-        try:
-            classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes,
-                                                       FLAGS.hierarchy)
-        except ValueError as e:
-            sys.exit(f"error: {e} (or --noexpand to leave boxes in their predicted classes)")
-    classes = load_classes(classes_path) if classes_path else None
-    hierarchy = load_hierarchy(hierarchy_path) if FLAGS.expand else None
-    spec = LevelSpec.load(FLAGS.levels_spec) if FLAGS.levels_spec else None
-    try:
-        source = ImageFolderSource.from_dir(FLAGS.images) if FLAGS.images \
-            else RecordSource(FLAGS.records)
-    except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
-
-    # -- strategy and models ----------------------------------------------------------------
-    strategy = make_strategy(FLAGS.strategy)
-    logging.info("strategy %s with %d replicas", type(strategy).__name__,
-                 strategy.num_replicas_in_sync)
-    detectors, levels = [], {}
+def load_models(strategy: tf.distribute.Strategy, models: dict[int, list[str]],
+                spec: LevelSpec | None, classes: ClassTable | None, classes_path: str | None,
+                ) -> tuple[list[Detector], dict[int, list[int]]]:
+    """Every --model in the strategy's scope, each checked against its levelN= key (and the
+    levels spec, the other models of its level, the class table). Returns the detectors and
+    level -> indices of its detectors."""
+    detectors: list[Detector] = []
+    levels: dict[int, list[int]] = {}
     for level, dirs in sorted(models.items()):
         for path in dirs:
             try:
@@ -125,11 +108,11 @@ def main(argv):
                                      "export it again with train.py")
                 expected = [{"index": i, "mid": m} for i, m in enumerate(
                     spec.level(level).classes)] if spec else detector.labels
-                check_labels(detector, expected, f"level {level} of {FLAGS.levels_spec}", level)
+                detector.check_labels(expected, f"level {level} of {FLAGS.levels_spec}", level)
                 if levels.get(level):
                     first = detectors[levels[level][0]]
-                    check_labels(detector, first.labels, f"the other level {level} model "
-                                 f"{first.name}", level)
+                    detector.check_labels(first.labels, f"the other level {level} model "
+                                          f"{first.name}", level)
                 if classes is not None:
                     unknown = [m for m in detector.mids if m not in classes]
                     if unknown:
@@ -140,17 +123,15 @@ def main(argv):
             levels.setdefault(level, []).append(len(detectors))
             detectors.append(detector)
             logging.info("level %d: %s (%d classes)", level, path, len(detector.labels))
+    return detectors, levels
 
-    # -- predict ----------------------------------------------------------------------------
-    post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
-                             max_detections=FLAGS.max_detections,
-                             pre_nms_top_k=FLAGS.pre_nms_top_k)
-    inference = Inference(strategy, detectors, post, FLAGS.flip_tta)
-    combine = Combiner(detectors, levels, hierarchy, FLAGS.top_k, FLAGS.score_threshold,
-                       FLAGS.wbf_iou)
-    chief = is_chief(strategy)
+
+def write_submission(inference: Inference, combine: Combiner, source: Source, chief: bool,
+                     ) -> list:
+    """One pass over `source`: every image's combined detections to --output (on the chief).
+    Returns the ImageDetections of the first --visualize readable images."""
     total = len(source.paths) if isinstance(source, ImageFolderSource) else None
-    shown = []  # ImageDetections of the first --visualize readable images
+    shown = []
     writer = None
     if chief:
         tf.io.gfile.makedirs(os.path.dirname(FLAGS.output) or ".")
@@ -174,6 +155,51 @@ def main(argv):
                      "detections; %.1f images/s", FLAGS.output, written.rows,
                      written.images_with_detections, len(stats.unreadable), written.detections,
                      stats.images_per_second)
+    return shown
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        force=True)
+    # -- flags -> inputs ----------------------------------------------------------------------
+    if bool(FLAGS.images) == bool(FLAGS.records):
+        sys.exit("pass exactly one of --images DIR and --records PATTERN")
+    try:
+        models = parse_models(FLAGS.model)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    classes_path = hierarchy_path = None
+    if FLAGS.expand or FLAGS.data_dir or FLAGS.classes:
+        try:
+            classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes,
+                                                       FLAGS.hierarchy)
+        except ValueError as e:
+            sys.exit(f"error: {e} (or --noexpand to leave boxes in their predicted classes)")
+    classes = load_classes(classes_path) if classes_path else None
+    hierarchy = load_hierarchy(hierarchy_path) if FLAGS.expand else None
+    spec = LevelSpec.load(FLAGS.levels_spec) if FLAGS.levels_spec else None
+    try:
+        source = ImageFolderSource.from_dir(FLAGS.images) if FLAGS.images \
+            else RecordSource(FLAGS.records)
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"error: {e}")
+
+    # -- strategy and models ----------------------------------------------------------------
+    strategy = make_strategy(FLAGS.strategy)
+    logging.info("strategy %s with %d replicas", type(strategy).__name__,
+                 strategy.num_replicas_in_sync)
+    detectors, levels = load_models(strategy, models, spec, classes, classes_path)
+
+    # -- predict ----------------------------------------------------------------------------
+    post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
+                             max_detections=FLAGS.max_detections,
+                             pre_nms_top_k=FLAGS.pre_nms_top_k)
+    inference = Inference(strategy, detectors, post, FLAGS.flip_tta)
+    combine = Combiner(detectors, levels, hierarchy, FLAGS.top_k, FLAGS.score_threshold,
+                       FLAGS.wbf_iou)
+    chief = is_chief(strategy)
+    shown = write_submission(inference, combine, source, chief)
 
     # -- a few pictures -----------------------------------------------------------------------
     if shown and chief:
@@ -185,9 +211,6 @@ def main(argv):
 
 def visualize(shown, source, classes, detectors, out_dir: str, threshold: float) -> None:
     """OUT_DIR/{ImageId}.png for each ImageDetections of `shown`, with class names."""
-    from oid.visualize import draw_detections
-    from tfrecords.inference_input import ImageFolderSource, read_images
-
     names = {e["mid"]: e["name"] for d in detectors for e in d.labels}
     if classes is not None:
         names.update({m: classes.name(m) for m in classes.mids})

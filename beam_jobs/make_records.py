@@ -57,9 +57,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import images as image_ops
 from beam_jobs.plan import Plan, PlanConfig, plan_level
 from oid import fileio
-from oid.annotations import BOX_COLUMNS, IMAGE_ID_PATTERN, LABEL_COLUMNS
+from oid.annotations import (
+    BOX_COLUMNS,
+    IMAGE_ID_PATTERN,
+    LABEL_COLUMNS,
+    read_boxes,
+    read_image_labels,
+)
+from oid.classes import load_classes
+from oid.hierarchy import load_hierarchy
+from oid.layout import DataLayout
+from oid.levels import LevelSpec
 from tfrecords import proto
 from tfrecords.example import ImageAnnotation, build_example
+from tfrecords.layout import LevelRecords, RecordsLayout, shard_name
 
 SPLITS = ("train", "val")
 SKIPPED_TAG = "skipped"
@@ -143,8 +154,8 @@ class WriteShard(beam.DoFn):
     def process(self, element):
         (split, shard), lines = element
         entries = sorted(json.loads(line) for line in lines)  # [position, annotation]
-        name = f"{split}-{shard:05d}-of-{self._num_shards[split]:05d}.tfrecord"
-        final = fileio.join(self._level_dir, name)
+        name = shard_name(split, shard, self._num_shards[split])
+        final = LevelRecords(self._level_dir).path(name)
         tmp = fileio.join(self._level_dir, TEMP_DIR, f"{name}.{uuid.uuid4().hex}")
         with FileSystems.create(tmp) as writer:
             for _, obj in entries:
@@ -238,10 +249,11 @@ class WriteSummaries(beam.DoFn):
         skipped = sorted(set(map(tuple, self._planned_skips)) | set(map(tuple, skipped)))
         per_reason = Counter(reason for _, reason in skipped)
         out = {**self._base_stats, "splits": stats, "skipped": dict(sorted(per_reason.items()))}
-        with FileSystems.create(fileio.join(self._level_dir, "stats.json")) as f:
+        files = LevelRecords(self._level_dir)
+        with FileSystems.create(files.stats) as f:
             f.write(json.dumps(out, indent=1, sort_keys=True).encode() + b"\n")
         lines = ["ImageID,reason"] + [f"{_csv_field(i)},{r}" for i, r in skipped]
-        with FileSystems.create(fileio.join(self._level_dir, "skipped.csv")) as f:
+        with FileSystems.create(files.skipped) as f:
             f.write(("\n".join(lines) + "\n").encode())
         yield len(skipped)
 
@@ -395,6 +407,7 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
     Returns:
       The level's stats.json content.
     """
+    files = LevelRecords(level_dir)
     FileSystems.mkdirs(level_dir) if not FileSystems.exists(level_dir) else None
     remove_leftovers(level_dir)
     plan_dir = fileio.join(level_dir, "_plan")
@@ -408,7 +421,7 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
     logging.info("%s: %d images, ~%.0f KB each, shards %s", level_dir, len(plan.annotations),
                  per_image / 1024, shards)
     if labels_json is not None:
-        with FileSystems.create(fileio.join(level_dir, "labels.json")) as f:
+        with FileSystems.create(files.labels) as f:
             f.write(json.dumps(labels_json, indent=1).encode() + b"\n")
     t0 = time.monotonic()
     with make_pipeline() as p:
@@ -418,17 +431,15 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
     elapsed = time.monotonic() - t0
     _delete([plan_dir, fileio.join(level_dir, TEMP_DIR)])
     remove_stale_shards(level_dir, splits, shards)
-    with FileSystems.open(fileio.join(level_dir, "stats.json")) as f:
+    with FileSystems.open(files.stats) as f:
         stats = json.loads(f.read())
     skipped_ids = set()
-    with FileSystems.open(fileio.join(level_dir, "skipped.csv")) as f:
+    with FileSystems.open(files.skipped) as f:
         for row in list(csv.reader(io.StringIO(f.read().decode())))[1:]:
             skipped_ids.add(row[0])
     if "val" in splits:
-        _write_csv(plan.val_boxes, BOX_COLUMNS, fileio.join(level_dir, "val-bbox.csv"),
-                   skipped_ids)
-        _write_csv(plan.val_labels, LABEL_COLUMNS, fileio.join(level_dir, "val-image-labels.csv"),
-                   skipped_ids)
+        _write_csv(plan.val_boxes, BOX_COLUMNS, files.boxes_csv("val"), skipped_ids)
+        _write_csv(plan.val_labels, LABEL_COLUMNS, files.image_labels_csv("val"), skipped_ids)
     written = sum(s["images"] for s in stats["splits"].values())
     logging.info("%s: wrote %d images in %.1f s (%.1f images/s), skipped %d", level_dir, written,
                  elapsed, written / max(elapsed, 1e-9), len(skipped_ids))
@@ -459,12 +470,6 @@ def test_plan(test_dir: str) -> tuple[list[ImageAnnotation], list[tuple[str, str
 
 def run(argv: list[str]) -> dict:
     """Parses flags (unknown ones go to Beam) and makes the records. Returns stats per level."""
-    from oid.annotations import read_boxes, read_image_labels
-    from oid.classes import load_classes
-    from oid.hierarchy import load_hierarchy
-    from oid.layout import DataLayout
-    from oid.levels import LevelSpec
-
     beam_args = FLAGS(argv, known_only=True)[1:]
     for name in ("data_dir", "output_dir"):
         if not FLAGS[name].value:
@@ -482,7 +487,7 @@ def run(argv: list[str]) -> dict:
     if FLAGS.split == "test":
         annotations, skipped = test_plan(image_dirs["test"])
         plan = Plan(annotations, skipped, None, None, {"test_images": len(annotations)})
-        stats = run_level(fileio.join(FLAGS.output_dir, "test"), plan, image_dirs, ("test",),
+        stats = run_level(RecordsLayout(FLAGS.output_dir).test.dir, plan, image_dirs, ("test",),
                           None, make_pipeline, args)
         return {"test": stats}
 
@@ -509,7 +514,7 @@ def run(argv: list[str]) -> dict:
         plan = plan_level(boxes, labels, level, hierarchy, config, (box_report, label_report))
         labels_json = [{"index": i, "mid": m, "name": classes.name(m)}
                        for i, m in enumerate(level.classes)]
-        results[level.name] = run_level(fileio.join(FLAGS.output_dir, level.name), plan,
+        results[level.name] = run_level(RecordsLayout(FLAGS.output_dir).level(level.index).dir, plan,
                                         image_dirs, SPLITS, labels_json, make_pipeline, args)
     return results
 

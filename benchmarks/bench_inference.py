@@ -68,10 +68,10 @@ def child(name: str, args) -> dict:
     import keras
     import numpy as np
 
-    from model.anchors import AnchorConfig
+    from boxes.anchors import AnchorConfig
+    from engine.evaluation import LevelEvaluation, label_files
+    from engine.inference import Inference, detector_from_model, load_detector
     from model.config import ModelConfig, PostprocessConfig
-    from model.evaluation import LevelEvaluation, label_files
-    from model.inference import Inference, detector_from_model, load_detector
     from model.retinanet import build_retinanet
     from oid.classes import load_classes
     from oid.hierarchy import load_hierarchy

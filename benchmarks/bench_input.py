@@ -6,7 +6,7 @@ classes, as TFRecord shards (`tfrecords.example.build_example`) and, for the
 generator, as JPEG files with their annotations. Then measures, each in a fresh
 process (so that peak RSS is per configuration), at batch 8:
   (a) decode only: TFRecordDataset -> parse -> tf.io.decode_jpeg -> batch, the ceiling;
-  (b) ours, labeling in tf.data: `build_dataset(label_in_pipeline=True)`;
+  (b) ours, labeling in tf.data: `build_dataset(label_fn=add_image_targets...)`;
   (c) ours, labeling in the train step: `build_dataset()`, so the anchor labeling runs
       on the accelerator (its CPU cost per batch is printed as a note, not counted);
   (d) keras-retinanet's generator, re-implemented from its design (fizyr/keras-retinanet,
@@ -348,14 +348,24 @@ def run_child(which: str, data_dir: str, batch_size: int, warmup: int, batches: 
     else:
         import tensorflow as tf
 
-        from tfrecords.input_pipeline import InputConfig, add_targets, build_dataset
+        from boxes.anchors import AnchorConfig, generate_anchors
+        from boxes.assign import LabelerConfig, add_image_targets, add_targets
+        from tfrecords.input_pipeline import InputConfig, build_dataset
 
         files = sorted(glob.glob(os.path.join(data_dir, "records", "*.tfrecord")))
         config = InputConfig(",".join(files), is_training=True, global_batch_size=batch_size,
                              image_min_side=MIN_SIDE, image_max_side=MAX_SIDE,
-                             max_boxes=MAX_BOXES, flip=True, scale_jitter=(1.0, 1.0),
-                             label_in_pipeline=which == "ours_labels")
-        ds = _decode_only(files, batch_size) if which == "decode" else build_dataset(config)
+                             max_boxes=MAX_BOXES, flip=True, scale_jitter=(1.0, 1.0))
+        anchor_config = AnchorConfig()
+        anchors = tf.constant(generate_anchors(config.output_size, config.output_size,
+                                               anchor_config))
+        label_fn = None
+        if which == "ours_labels":
+            def label_fn(example):
+                return add_image_targets(example, anchors, LabelerConfig(),
+                                         anchor_config.variances)
+        ds = _decode_only(files, batch_size) if which == "decode" \
+            else build_dataset(config, label_fn=label_fn)
         seconds, cpu, batch = _time_batches(iter(ds), warmup, batches)
         parts = {"image": batch} if which == "decode" else dict(batch)
         result["canvas"] = [int(d) for d in parts["image"].shape[1:3]]
@@ -363,11 +373,8 @@ def run_child(which: str, data_dir: str, batch_size: int, warmup: int, batches: 
             result["anchors"] = int(batch["cls_targets"].shape[1])
         if which == "ours":
             # What (c) leaves to the train step, timed here on the CPU for reference.
-            from model.anchors import generate_anchors
-
-            anchors = tf.constant(generate_anchors(config.output_size, config.output_size,
-                                                   config.anchors))
-            label = tf.function(lambda b: add_targets(b, anchors, config.labeler))
+            label = tf.function(lambda b: add_targets(b, anchors, LabelerConfig(),
+                                                      anchor_config.variances))
             label(batch)
             t0 = time.perf_counter()
             for _ in range(3):

@@ -35,9 +35,9 @@ def run_child(args) -> dict:
     sys.path.insert(0, REPO)
     import tensorflow as tf
 
-    from model.anchors import AnchorConfig
+    from boxes.anchors import AnchorConfig
+    from engine.trainer import TrainConfig, Trainer
     from model.config import LossConfig, ModelConfig
-    from model.training import TrainConfig, Trainer
 
     strategy = (tf.distribute.get_strategy() if args.child == "default"
                 else tf.distribute.OneDeviceStrategy("/cpu:0"))

@@ -144,8 +144,8 @@ def run_ours(num_classes: int, image_size: int, batch_size: int, warmup: int, st
              backbone_bn: str) -> dict:
     import tensorflow as tf
 
+    from engine.trainer import TrainConfig, Trainer
     from model.config import LossConfig, ModelConfig
-    from model.training import TrainConfig, Trainer
 
     model_config = ModelConfig(num_classes=num_classes, backbone="resnet50",
                                image_size=image_size, head_norm="none",

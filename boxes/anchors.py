@@ -1,4 +1,5 @@
-"""Anchor boxes for the FPN levels, generated once per (padded) image size.
+"""Anchor boxes for the FPN levels, generated once per (padded) image size, and the box
+coder's variances: the configuration that both target encoding and decoding read.
 
 Order (shared by the labeler, the heads' outputs and the decoder): level by
 level from min_level up; within a level, row-major over the feature grid
@@ -21,6 +22,8 @@ class AnchorConfig:
       sizes: anchor side at scale 1 for each level, pixels.
       ratios: height / width.
       scales: multipliers of the size.
+      variances: (vy, vx, vh, vw) of the box coder (boxes/coder.py). They live here so that
+        the targets of training and the decoder of inference read one value.
     """
 
     min_level: int = 3
@@ -28,14 +31,23 @@ class AnchorConfig:
     sizes: tuple[float, ...] = (32, 64, 128, 256, 512)
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
 
     def __post_init__(self):
         if len(self.sizes) != self.max_level - self.min_level + 1:
             raise ValueError(f"{len(self.sizes)} sizes for levels {self.min_level}-{self.max_level}")
-        for name in ("sizes", "ratios", "scales"):
+        for name in ("sizes", "ratios", "scales", "variances"):
             values = getattr(self, name)
             if not values or min(values) <= 0:
                 raise ValueError(f"anchor {name} must be positive numbers, got {values}")
+        if len(self.variances) != 4:
+            raise ValueError(f"variances must be 4 numbers (vy, vx, vh, vw), got {self.variances}")
+
+    @classmethod
+    def from_json(cls, saved: dict) -> AnchorConfig:
+        """The dict of a config.json (lists for tuples); a file written before the variances
+        moved here has none and gets the defaults, which every such run used."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
 
     @property
     def levels(self) -> range:

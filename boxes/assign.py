@@ -1,4 +1,4 @@
-"""Anchor labeler: ground-truth boxes -> compact per-anchor targets.
+"""Target assignment: ground-truth boxes -> compact per-anchor targets.
 
 For every anchor, one class id and four box targets; nothing per class per
 anchor (the one-hot is built inside the loss). Plain TensorFlow ops, so the
@@ -21,10 +21,12 @@ must not be taught as background.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import tensorflow as tf
 
-from model import box_coder
+from boxes import coder
+from boxes.ops import areas, intersections
 
 BACKGROUND = -1
 IGNORE = -2
@@ -36,32 +38,13 @@ class LabelerConfig:
     negative_iou: float = 0.4
     group_of_ioa: float = 0.5
     match_low_quality: bool = True
-    variances: tuple[float, float, float, float] = box_coder.DEFAULT_VARIANCES
 
-
-def _areas(boxes):
-    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
-
-
-def _intersections(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """[A, 4] x [N, 4] -> [A, N] intersection areas."""
-    ay0, ax0, ay1, ax1 = tf.split(a, 4, axis=-1)                       # [A, 1] each
-    by0, bx0, by1, bx1 = (t[None, :] for t in tf.unstack(b, axis=-1))  # [1, N] each
-    h = tf.maximum(0.0, tf.minimum(ay1, by1) - tf.maximum(ay0, by0))
-    w = tf.maximum(0.0, tf.minimum(ax1, bx1) - tf.maximum(ax0, bx0))
-    return h * w
-
-
-def iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """[A, 4] x [N, 4] (ymin, xmin, ymax, xmax) -> [A, N] intersection over union."""
-    inter = _intersections(a, b)
-    union = _areas(a)[:, None] + _areas(b)[None, :] - inter
-    return tf.math.divide_no_nan(inter, union)
-
-
-def ioa(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-    """[A, 4] x [N, 4] -> [A, N] intersection over the area of a (the first argument)."""
-    return tf.math.divide_no_nan(_intersections(a, b), _areas(a)[:, None])
+    @classmethod
+    def from_json(cls, saved: dict) -> LabelerConfig:
+        """The dict of a config.json; the variances that runs of earlier versions recorded
+        here are read from the anchors' configuration now and are ignored."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in fields})
 
 
 def label_anchors(
@@ -71,6 +54,8 @@ def label_anchors(
     num_boxes: tf.Tensor,
     group_of: tf.Tensor | None = None,
     config: LabelerConfig = LabelerConfig(),
+    *,
+    variances: Sequence[float],
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Targets for one image.
 
@@ -80,6 +65,8 @@ def label_anchors(
       classes: [N] int class ids (>= 0).
       num_boxes: [] int, the number of real rows.
       group_of: [N] bool, or None (no group-of boxes).
+      config: the matching thresholds.
+      variances: the box coder's (AnchorConfig.variances).
 
     Returns:
       cls_targets: [A] int32, the matched class id, BACKGROUND (-1) or IGNORE (-2).
@@ -99,9 +86,9 @@ def label_anchors(
     n = real + 1
     valid = tf.range(n) < real
 
-    inter = _intersections(anchors, boxes)                                  # [A, N]
-    anchor_areas = _areas(anchors)[:, None]
-    union = anchor_areas + _areas(boxes)[None, :] - inter
+    inter = intersections(anchors, boxes)                                  # [A, N]
+    anchor_areas = areas(anchors)[:, None]
+    union = anchor_areas + areas(boxes)[None, :] - inter
     overlaps = tf.where(valid[None, :], tf.math.divide_no_nan(inter, union), -1.0)
     best_iou = tf.reduce_max(overlaps, axis=1)                              # [A]
     matched = tf.argmax(overlaps, axis=1, output_type=tf.int32)             # [A]
@@ -126,21 +113,42 @@ def label_anchors(
 
     cls_targets = tf.where(positive, tf.gather(classes, matched),
                            tf.where(ignore, IGNORE, BACKGROUND))
-    encoded = box_coder.encode(tf.gather(boxes, matched), anchors, config.variances)
+    encoded = coder.encode(tf.gather(boxes, matched), anchors, variances)
     box_targets = tf.where(positive[:, None], encoded, 0.0)
     return cls_targets, box_targets
 
 
-def label_batch(anchors, boxes, classes, num_boxes, group_of=None,
-                config: LabelerConfig = LabelerConfig()) -> tuple[tf.Tensor, tf.Tensor]:
+def label_batch(anchors: tf.Tensor, boxes: tf.Tensor, classes: tf.Tensor, num_boxes: tf.Tensor,
+                group_of: tf.Tensor | None = None, config: LabelerConfig = LabelerConfig(), *,
+                variances: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
     """label_anchors over a batch: [B, N, ...] inputs -> [B, A] and [B, A, 4]."""
     if group_of is None:
         group_of = tf.zeros_like(classes, tf.bool)
 
     def one(args):
         b, c, n, g = args
-        return label_anchors(anchors, b, c, n, g, config)
+        return label_anchors(anchors, b, c, n, g, config, variances=variances)
 
     return tf.map_fn(one, (boxes, classes, num_boxes, group_of),
                      fn_output_signature=(tf.TensorSpec([None], tf.int32),
                                           tf.TensorSpec([None, 4], tf.float32)))
+
+
+def add_targets(batch: dict, anchors: tf.Tensor, config: LabelerConfig,
+                variances: Sequence[float]) -> dict:
+    """Adds cls_targets [B, A] and box_targets [B, A, 4] to a batch of the training input
+    (tfrecords/input_pipeline.py: boxes [B, N, 4] canvas pixels, classes, num_boxes,
+    group_of), in the train step or in tf.data."""
+    cls_t, box_t = label_batch(anchors, batch["boxes"], batch["classes"], batch["num_boxes"],
+                               batch["group_of"], config, variances=variances)
+    return {**batch, "cls_targets": cls_t, "box_targets": box_t}
+
+
+def add_image_targets(example: dict, anchors: tf.Tensor, config: LabelerConfig,
+                      variances: Sequence[float]) -> dict:
+    """add_targets for one image of the training input (before batching): cls_targets [A]
+    and box_targets [A, 4]. Per image, so that tf.data runs the labeling in parallel."""
+    cls_t, box_t = label_anchors(anchors, example["boxes"], example["classes"],
+                                 example["num_boxes"], example["group_of"], config,
+                                 variances=variances)
+    return {**example, "cls_targets": cls_t, "box_targets": box_t}

@@ -4,29 +4,31 @@ Boxes are (ymin, xmin, ymax, xmax) in pixels. A box is encoded against an
 anchor as
     ty = (cy - cy_a) / h_a / vy     tx = (cx - cx_a) / w_a / vx
     th = log(h / h_a) / vh          tw = log(w / w_a) / vw
-with variances (vy, vx, vh, vw) = (0.1, 0.1, 0.2, 0.2) by default. Plain
-TensorFlow ops: the same functions run in tf.data, in the train step and in
-the exported inference model.
+with variances (vy, vx, vh, vw), which come from AnchorConfig.variances (boxes/anchors.py;
+(0.1, 0.1, 0.2, 0.2) unless configured): they have no default here, so the encoder of the
+targets and the decoder of the predictions cannot disagree. Plain TensorFlow ops: the same
+functions run in tf.data, in the train step and in the exported inference model.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import tensorflow as tf
 
-DEFAULT_VARIANCES = (0.1, 0.1, 0.2, 0.2)
 # Largest log-scale a decoded box may have, so exp() cannot overflow on a wild prediction.
 _MAX_LOG_SCALE = math.log(1000.0 / 16)
 
 
 def _centers(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """[..., 4] (ymin, xmin, ymax, xmax) -> centre y, centre x, height, width, each [...]."""
     ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
     h, w = ymax - ymin, xmax - xmin
     return ymin + 0.5 * h, xmin + 0.5 * w, h, w
 
 
-def encode(boxes: tf.Tensor, anchors: tf.Tensor, variances=DEFAULT_VARIANCES) -> tf.Tensor:
+def encode(boxes: tf.Tensor, anchors: tf.Tensor, variances: Sequence[float]) -> tf.Tensor:
     """[..., 4] boxes against [..., 4] anchors (broadcastable) -> [..., 4] (ty, tx, th, tw).
 
     Degenerate boxes (zero height or width) are clamped to a tiny size so the
@@ -43,7 +45,7 @@ def encode(boxes: tf.Tensor, anchors: tf.Tensor, variances=DEFAULT_VARIANCES) ->
                      tf.math.log(h / ha) / vh, tf.math.log(w / wa) / vw], axis=-1)
 
 
-def decode(deltas: tf.Tensor, anchors: tf.Tensor, variances=DEFAULT_VARIANCES) -> tf.Tensor:
+def decode(deltas: tf.Tensor, anchors: tf.Tensor, variances: Sequence[float]) -> tf.Tensor:
     """Inverse of encode: [..., 4] (ty, tx, th, tw) -> [..., 4] (ymin, xmin, ymax, xmax) pixels."""
     deltas = tf.cast(deltas, tf.float32)
     anchors = tf.cast(anchors, tf.float32)

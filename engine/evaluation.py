@@ -20,12 +20,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from engine.inference import ImageResult, Inference, detector_from_model
 from model.config import PostprocessConfig
-from model.inference import ImageResult, Inference
-from oid.classes import ClassTable
-from oid.hierarchy import Hierarchy
+from oid.annotations import read_boxes, read_image_labels
+from oid.classes import ClassTable, load_classes
+from oid.hierarchy import Hierarchy, load_hierarchy
+from oid.layout import DataLayout
 from oid.metric import MetricResult, OIDChallengeEvaluator
-from tfrecords.inference_input import Source
+from tfrecords.inference_input import RecordSource, Source
+from tfrecords.input_pipeline import list_files
+from tfrecords.layout import LevelRecords
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +93,6 @@ class LevelEvaluation:
 
     def __init__(self, classes: ClassTable, hierarchy: Hierarchy, boxes_csv: str,
                  labels_csv: str, level_mids: Sequence[str]):
-        from oid.annotations import read_boxes, read_image_labels
-
         self.classes = classes
         self.level_mids = tuple(level_mids)
         unknown = [m for m in self.level_mids if m not in classes]
@@ -149,8 +151,6 @@ def label_files(data_dir: str | None, classes: str | None = None,
     Raises:
       ValueError when neither is given.
     """
-    from oid.layout import DataLayout
-
     if data_dir:
         layout = DataLayout(data_dir)
         classes, hierarchy = classes or layout.classes, hierarchy or layout.hierarchy
@@ -196,7 +196,7 @@ def make_epoch_callback(evaluation: LevelEvaluation, inference: Inference, sourc
                         global_batch_size: int, every_epochs: int, step: tf.Variable,
                         output_dir: str | None = None, is_chief: bool = True,
                         ) -> Callable[[int, dict], None]:
-    """An on_epoch_end hook for model.training.Trainer.fit: every `every_epochs` epochs it
+    """An on_epoch_end hook for engine.trainer.Trainer.fit: every `every_epochs` epochs it
     evaluates the live model (the detector of `inference` shares the trainer's weights),
     logs the mAP, writes it to TensorBoard as eval/mAP at the training `step` (the trainer's
     writer is the default one during fit) and, on the chief,
@@ -224,23 +224,17 @@ def training_callback(trainer, level_dir: str, data_dir: str, labels: Sequence[d
                       global_batch_size: int,
                       post: PostprocessConfig = PostprocessConfig(),
                       ) -> Callable[[int, dict], None]:
-    """make_epoch_callback for a model.training.Trainer: its live model on LEVEL_DIR's val
+    """make_epoch_callback for an engine.trainer.Trainer: its live model on LEVEL_DIR's val
     records and ground truth, the class table and hierarchy of DATA_DIR (oid.layout), results
     under MODEL_DIR/eval/epoch-{N}/. Reads the ground truth now, so a missing file fails
     before training starts. `post` defaults to eval.py's settings."""
-    from model.inference import detector_from_model
-    from oid.classes import load_classes
-    from oid.hierarchy import load_hierarchy
-    from tfrecords.inference_input import RecordSource
-    from tfrecords.input_pipeline import list_files
-
+    records = LevelRecords(level_dir)
     classes_path, hierarchy_path = label_files(data_dir)
     classes = load_classes(classes_path)
     evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path),
-                                 os.path.join(level_dir, "val-bbox.csv"),
-                                 os.path.join(level_dir, "val-image-labels.csv"),
+                                 records.boxes_csv("val"), records.image_labels_csv("val"),
                                  [e["mid"] for e in sorted(labels, key=lambda e: e["index"])])
-    source = RecordSource(os.path.join(level_dir, "val-*.tfrecord"))
+    source = RecordSource(records.shards("val"))
     list_files(source.file_pattern)  # fails now rather than after the first epoch
     detector = detector_from_model(trainer.model, trainer.model_config, image_min_side,
                                    image_max_side, labels, level, name="the model in training")

@@ -1,4 +1,4 @@
-"""Export: an inference SavedModel that takes encoded images, and loading a trained run."""
+"""Export: an inference SavedModel that takes encoded images."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import os
 import keras
 import tensorflow as tf
 
+from engine.run_dir import EXPORT_METADATA
 from model.config import ModelConfig, PostprocessConfig
-from model.retinanet import build_inference_model, build_retinanet
+from model.retinanet import build_inference_model
 from tfrecords.input_pipeline import InputConfig, inference_canvas
-
-METADATA = "assets.extra/config.json"  # inside the SavedModel directory
 
 
 def export_saved_model(model: keras.Model, config: ModelConfig, labels: list[dict],
@@ -27,7 +26,7 @@ def export_saved_model(model: keras.Model, config: ModelConfig, labels: list[dic
     num_detections), num_detections [N] int32. It shares `model`'s weights.
 
     A second endpoint, `raw_outputs(image [N, S, S, 3] uint8 canvas)` -> {cls_logits [N, A, K],
-    box_deltas [N, A, 4]}, serves batched inference (model/inference.py), which decodes with
+    box_deltas [N, A, 4]}, serves batched inference (engine/inference.py), which decodes with
     its own post-processing settings; PATH/assets.extra/config.json holds the model, input,
     labels and level entries of a run's config.json, so the directory describes itself.
     """
@@ -57,37 +56,9 @@ def export_saved_model(model: keras.Model, config: ModelConfig, labels: list[dic
                              [None, config.image_size, config.image_size, 3], tf.uint8,
                              name="image")])
     archive.write_out(path, verbose=False)
-    tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, METADATA)))
-    with tf.io.gfile.GFile(os.path.join(path, METADATA), "w") as f:
+    tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, EXPORT_METADATA)))
+    with tf.io.gfile.GFile(os.path.join(path, EXPORT_METADATA), "w") as f:
         json.dump({"model": dataclasses.asdict(config), "input": dataclasses.asdict(input_config),
                    "labels": labels, "level": level}, f, indent=1, sort_keys=True, default=str)
     return path
 
-
-def model_config_from_json(saved: dict) -> ModelConfig:
-    """The "model" entry of a config.json -> ModelConfig (the backbone weights file is not
-    needed: the checkpoint holds every weight)."""
-    from model.anchors import AnchorConfig
-
-    saved = dict(saved)
-    saved["anchors"] = AnchorConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                       for k, v in saved["anchors"].items()})
-    saved["backbone_weights"] = None
-    return ModelConfig(**saved)
-
-
-def load_model(model_dir: str, checkpoint: str | None = None) -> tuple[keras.Model, ModelConfig]:
-    """(training model, its config) of a run: rebuilt from its config.json, weights from
-    `checkpoint` (a path prefix such as MODEL_DIR/checkpoints/ckpt-400) or else its last
-    checkpoint. Called in a strategy's scope, the weights are the strategy's variables."""
-    with tf.io.gfile.GFile(os.path.join(model_dir, "config.json")) as f:
-        config = model_config_from_json(json.load(f)["model"])
-    model = build_retinanet(config)
-    latest = checkpoint or tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
-    if latest is None:
-        raise FileNotFoundError(f"no checkpoint in {model_dir}/checkpoints")
-    from model.training import checkpoint_weights
-
-    status = tf.train.Checkpoint(weights=checkpoint_weights(model)).restore(latest)
-    status.expect_partial().assert_existing_objects_matched()  # the optimizer may be left out
-    return model, config

@@ -7,7 +7,7 @@ evaluation callback of training.
 
 A `Detector` is a model plus what it needs to be run: its canvas size, its level's labels and
 level. It comes from a training run's directory (config.json + checkpoint), from a SavedModel
-written by model/export.py, or from a live Keras model (training).
+written by engine/export.py, or from a live Keras model (training).
 
 Rows come out once per image, padded rows dropped, with boxes normalized to the original
 image (ymin, xmin, ymax, xmax), scores and level-local class ids per detector. Results do
@@ -28,7 +28,6 @@ workers on localhost).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -38,8 +37,18 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from boxes.ops import batched_nms, flip_left_right
+from engine.run_dir import (
+    CONFIG,
+    EXPORT_METADATA,
+    check_labels,
+    is_saved_model,
+    load_model,
+    model_config_from_json,
+    read_json,
+)
 from model.config import ModelConfig, PostprocessConfig
-from model.postprocess import DetectionDecoder
+from model.decoder import DetectionDecoder
 from tfrecords.inference_input import (
     Source,
     build_inference_dataset,
@@ -48,6 +57,7 @@ from tfrecords.inference_input import (
     per_replica_batch_size,
 )
 from tfrecords.input_pipeline import InputConfig
+from tfrecords.layout import sorted_labels
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +91,12 @@ class Detector:
     @property
     def canvas(self) -> InputConfig:
         return InputConfig("", is_training=False, image_min_side=self.image_min_side,
-                           image_max_side=self.image_max_side,
-                           anchors=self.model_config.anchors)
+                           image_max_side=self.image_max_side)
 
-
-def _sorted_labels(labels: Sequence[dict]) -> tuple[dict, ...]:
-    labels = tuple(sorted(labels, key=lambda e: e["index"]))
-    if [e["index"] for e in labels] != list(range(len(labels))):
-        raise ValueError("labels must have the indices 0..K-1")
-    return labels
+    def check_labels(self, labels: Sequence[dict], labels_source: str,
+                     level: int | None = None) -> None:
+        """Refuses to run on another level's classes (engine.run_dir.check_labels)."""
+        check_labels(self.name, self.labels, self.level, labels, labels_source, level)
 
 
 def detector_from_model(model: keras.Model, model_config: ModelConfig, image_min_side: int,
@@ -97,45 +104,37 @@ def detector_from_model(model: keras.Model, model_config: ModelConfig, image_min
                         name: str = "model") -> Detector:
     """A Detector on a live training model (build it in the strategy's scope)."""
     return Detector(name, lambda image: model(image, training=False), model_config,
-                    image_min_side, image_max_side, _sorted_labels(labels), level)
-
-
-def is_saved_model(path: str) -> bool:
-    return tf.io.gfile.exists(os.path.join(path, "saved_model.pb"))
+                    image_min_side, image_max_side, sorted_labels(labels), level)
 
 
 def load_detector(path: str, strategy: tf.distribute.Strategy | None = None,
                   checkpoint: str | None = None) -> Detector:
     """A Detector from a training run's directory (config.json + its latest checkpoint, or
-    `checkpoint`) or from a SavedModel directory written by model/export.py.
+    `checkpoint`) or from a SavedModel directory written by engine/export.py.
 
     Variables are created in `strategy`'s scope, so they are mirrored on every replica.
     """
-    from model.export import METADATA, load_model, model_config_from_json
-
     strategy = strategy or tf.distribute.get_strategy()
     if is_saved_model(path):
-        meta_path = os.path.join(path, METADATA)
+        meta_path = os.path.join(path, EXPORT_METADATA)
         if not tf.io.gfile.exists(meta_path):
             raise FileNotFoundError(
                 f"{meta_path} not found: {path} was exported before SavedModels described "
                 "themselves; pass the training run's directory instead, or export it again")
-        with tf.io.gfile.GFile(meta_path) as f:
-            meta = json.load(f)
+        meta = read_json(meta_path)
         with strategy.scope():
             loaded = tf.saved_model.load(path)
         if not hasattr(loaded, "raw_outputs"):
             raise ValueError(f"{path} has no raw_outputs endpoint; export it again with "
-                             "model/export.py")
+                             "engine/export.py")
         # Keep a reference to the loaded object: its functions need its variables alive.
         forward = _SavedModelForward(loaded)
     else:
-        config_path = os.path.join(path, "config.json")
+        config_path = os.path.join(path, CONFIG)
         if not tf.io.gfile.exists(config_path):
             raise FileNotFoundError(f"{path} is neither a training run's directory (no "
                                     "config.json) nor a SavedModel (no saved_model.pb)")
-        with tf.io.gfile.GFile(config_path) as f:
-            meta = json.load(f)
+        meta = read_json(config_path)
         with strategy.scope():
             try:
                 model, _ = load_model(path, checkpoint)
@@ -146,7 +145,7 @@ def load_detector(path: str, strategy: tf.distribute.Strategy | None = None,
         forward = _KerasForward(model)
     model_config = model_config_from_json(meta["model"])
     return Detector(path, forward, model_config, int(meta["input"]["image_min_side"]),
-                    int(meta["input"]["image_max_side"]), _sorted_labels(meta["labels"]),
+                    int(meta["input"]["image_max_side"]), sorted_labels(meta["labels"]),
                     meta.get("level"))
 
 
@@ -166,28 +165,6 @@ class _SavedModelForward:
         return self.loaded.raw_outputs(image)
 
 
-def check_labels(detector: Detector, labels: Sequence[dict], labels_source: str,
-                 level: int | None = None) -> None:
-    """Refuses a detector trained for other classes than `labels` (or another level).
-
-    Raises:
-      ValueError naming both sides.
-    """
-    if level is not None and detector.level is not None and detector.level != level:
-        raise ValueError(f"{detector.name} was trained for level {detector.level}, not level "
-                         f"{level}")
-    ours = [e["mid"] for e in detector.labels]
-    theirs = [e["mid"] for e in _sorted_labels(labels)]
-    if ours != theirs:
-        diff = sorted(set(ours) ^ set(theirs))
-        detail = (f"MIDs only on one side: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}"
-                  if diff else "same MIDs in another order")
-        raise ValueError(
-            f"{detector.name} was trained on {len(ours)} classes that do not match the "
-            f"{len(theirs)} of {labels_source} ({detail}); use the model trained for this "
-            "level")
-
-
 # -- horizontal-flip test-time augmentation ---------------------------------------------------
 
 
@@ -204,13 +181,6 @@ def flip_canvas(canvas: tf.Tensor, image_info: tf.Tensor) -> tf.Tensor:
     return tf.where((source >= 0)[:, None, :, None], mirrored, tf.zeros_like(canvas))
 
 
-def unflip_boxes(boxes: tf.Tensor) -> tf.Tensor:
-    """Boxes normalized to a mirrored image -> to the image: x -> 1 - x (xmin and xmax swap).
-    [..., 4] (ymin, xmin, ymax, xmax)."""
-    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-    return tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
-
-
 def merge_detections(a: dict, b: dict, post: PostprocessConfig) -> dict:
     """Per-class NMS over the union of two detection sets of the same images.
 
@@ -219,20 +189,10 @@ def merge_detections(a: dict, b: dict, post: PostprocessConfig) -> dict:
     """
     boxes = tf.concat([a["boxes"], b["boxes"]], axis=1)
     classes = tf.concat([a["classes"], b["classes"]], axis=1)
+    # Padding rows (class -1) get a score below any threshold, so NMS never keeps them.
     scores = tf.where(classes >= 0, tf.concat([a["scores"], b["scores"]], axis=1), -1.0)
-    # Moving each class to its own square keeps boxes of different classes apart (boxes
-    # are normalized, so 2 apart never overlap).
-    offset = 2.0 * tf.cast(tf.maximum(classes, 0), tf.float32)[..., None]
-    selected, valid = tf.image.non_max_suppression_padded(
-        boxes + offset, scores, max_output_size=post.max_detections,
-        iou_threshold=post.nms_iou, score_threshold=max(post.score_threshold, 0.0),
-        pad_to_max_output_size=True)
-    mask = tf.range(post.max_detections)[None, :] < valid[:, None]
-    take = lambda t: tf.gather(t, selected, batch_dims=1)  # noqa: E731
-    return {"boxes": tf.where(mask[..., None], take(boxes), 0.0),
-            "scores": tf.where(mask, take(scores), 0.0),
-            "classes": tf.where(mask, take(classes), -1),
-            "num_detections": tf.cast(valid, tf.int32)}
+    return batched_nms(boxes, scores, classes, post.max_detections, post.nms_iou,
+                       max(post.score_threshold, 0.0), extent=1.0)
 
 
 # -- the loop ------------------------------------------------------------------------------
@@ -338,7 +298,7 @@ class Inference:
             dets = self._detect(k, canvas, info)
             if self.flip_tta:
                 mirrored = self._detect(k, flip_canvas(canvas, info), info)
-                mirrored["boxes"] = unflip_boxes(mirrored["boxes"])
+                mirrored["boxes"] = flip_left_right(mirrored["boxes"])
                 dets = merge_detections(dets, mirrored, self.post)
             for name in ("boxes", "scores", "classes", "num_detections"):
                 out[f"{k}/{name}"] = dets[name]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from model.inference import Detector, ImageResult
+from engine.inference import Detector, ImageResult
 from oid.hierarchy import Hierarchy
 from oid.submission import (
     ImageDetections,

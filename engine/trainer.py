@@ -11,7 +11,6 @@ resumes where its last checkpoint left off.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,11 +22,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.anchors import generate_anchors
+from boxes.anchors import generate_anchors
+from boxes.assign import LabelerConfig, add_image_targets, add_targets
+from engine.run_dir import CHECKPOINTS, CheckpointMismatchError, checkpoint_weights
+from engine.strategy import is_chief, task_id
 from model.config import LossConfig, ModelConfig
-from model.labeler import LabelerConfig
 from model.losses import num_positives, retinanet_loss
-from tfrecords.input_pipeline import add_targets
+from model.retinanet import build_retinanet
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +136,6 @@ class Trainer:
                  loss_config: LossConfig, train_config: TrainConfig, model_dir: str,
                  labeler: LabelerConfig = LabelerConfig(),
                  build_model: Callable[[ModelConfig], keras.Model] | None = None):
-        from model.retinanet import build_retinanet
-
         self.strategy = strategy
         self.model_config = model_config
         self.loss_config = loss_config
@@ -168,12 +167,12 @@ class Trainer:
                                               plateau=self.plateau)
         self.is_chief = is_chief(strategy)
         if self.is_chief:
-            ckpt_dir = os.path.join(model_dir, "checkpoints")
+            ckpt_dir = os.path.join(model_dir, CHECKPOINTS)
         else:
             # Every worker takes part in a save (reading a variable may need a collective),
             # but only the chief's copy is kept; the others write to a local temporary
             # directory, never inside MODEL_DIR, which save() deletes.
-            ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt_worker{_task_id(strategy)}_")
+            ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt_worker{task_id(strategy)}_")
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                                   max_to_keep=train_config.keep_checkpoints)
         self._train_step = None
@@ -182,11 +181,23 @@ class Trainer:
 
     # -- steps ---------------------------------------------------------------------------
 
+    def pipeline_label_fn(self) -> Callable[[dict], dict] | None:
+        """With label_in_pipeline, the per-image target assignment to hand the training input
+        (tfrecords.input_pipeline.build_dataset's label_fn); None when the train step labels."""
+        if not self.config.label_in_pipeline:
+            return None
+        anchors = generate_anchors(self.model_config.image_size, self.model_config.image_size,
+                                   self.model_config.anchors)
+        variances = self.model_config.anchors.variances
+        return lambda example: add_image_targets(example, tf.constant(anchors), self.labeler,
+                                                 variances)
+
     def replica_step(self, batch: dict) -> dict:
         """Forward, loss and gradients on one replica; returns its losses and gradients
         (gradients are those of the global-batch loss restricted to this replica's images)."""
         if "cls_targets" not in batch:  # labeling on the accelerator
-            batch = add_targets(batch, self.anchors, self.labeler)
+            batch = add_targets(batch, self.anchors, self.labeler,
+                                self.model_config.anchors.variances)
         ctx = tf.distribute.get_replica_context()
         normalizer = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                     num_positives(batch["cls_targets"]))
@@ -242,7 +253,7 @@ class Trainer:
 
     def latest_checkpoint(self) -> str | None:
         """The chief's latest checkpoint in MODEL_DIR/checkpoints (which every worker reads)."""
-        return tf.train.latest_checkpoint(os.path.join(self.model_dir, "checkpoints"))
+        return tf.train.latest_checkpoint(os.path.join(self.model_dir, CHECKPOINTS))
 
     def restore(self) -> int:
         """Restores the latest checkpoint of this run if any; returns the step."""
@@ -348,102 +359,9 @@ def _synchronized_batch_norms(model: keras.Model) -> list:
             and getattr(layer, "synchronized", False)]
 
 
-def checkpoint_weights(model: keras.Model) -> dict:
-    """Every weight of `model` (trainable or not) keyed by its path, for tf.train.Checkpoint.
-
-    A Keras 3 model handed to tf.train.Checkpoint directly saves no variables of
-    its own (only those the optimizer references), which would lose
-    non-trainable state such as BatchNorm statistics.
-    """
-    weights = {w.path: w for w in model.weights}
-    if len(weights) != len(model.weights):
-        raise ValueError("two weights of the model share a path; layer names must be unique")
-    return weights
-
-
-def wait_for_all_workers(strategy: tf.distribute.Strategy) -> None:
-    """Returns once every worker of a multi-worker strategy has called it; a no-op with one
-    worker.
-
-    A worker that exits while another still works (the chief writing the export) stops
-    sending heartbeats, and the coordination service then reports it as crashed and
-    aborts the other workers' collectives.
-    """
-    def one():
-        return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
-                                                              tf.ones([]))
-
-    if _num_workers(strategy) > 1:
-        tf.function(lambda: strategy.run(one))()  # eagerly, strategy.run warns of overhead
-
-
 def _current_lr(optimizer) -> float:
     base = _base_optimizer(optimizer)
     lr = base.learning_rate
     return float(lr.numpy()) if hasattr(lr, "numpy") else float(lr)
 
 
-def _task_id(strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    return int(resolver.task_id) if resolver is not None and resolver.task_id is not None else 0
-
-
-def _num_workers(strategy) -> int:
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None:
-        return 1
-    spec = resolver.cluster_spec().as_dict()
-    return max(len(spec.get("chief", [])) + len(spec.get("worker", [])), 1)
-
-
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's files (the chief, or worker 0 without one)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type = resolver.task_type
-    return task_type == "chief" or (task_type == "worker" and resolver.task_id == 0
-                                    and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def make_strategy(name: str) -> tf.distribute.Strategy:
-    """The strategy of train.py, eval.py and predict.py's --strategy flag.
-
-    auto: MultiWorkerMirroredStrategy when TF_CONFIG is set, else mirrored. mirrored:
-    MirroredStrategy over every GPU (or every logical CPU device when there are several),
-    else TF's default strategy: on a CPU, OneDeviceStrategy trains at 0.6-0.7x its speed
-    (14 against 21-23 images/s for demo.flags in train.py on 2 cores; see
-    benchmarks/bench_strategy.py).
-    one_device: the first GPU, else the CPU. default: no strategy.
-    """
-    if name == "auto":
-        name = "multi_worker" if os.environ.get("TF_CONFIG") else "mirrored"
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if name == "mirrored":
-        gpus = tf.config.list_logical_devices("GPU")
-        if gpus or len(tf.config.list_logical_devices("CPU")) > 1:
-            return tf.distribute.MirroredStrategy()
-        return tf.distribute.get_strategy()
-    if name == "one_device":
-        gpus = tf.config.list_logical_devices("GPU")
-        return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
-    if name == "default":
-        return tf.distribute.get_strategy()
-    raise ValueError(f"strategy must be auto, mirrored, multi_worker, one_device or default, "
-                     f"got {name!r}")
-
-
-class CheckpointMismatchError(ValueError):
-    """The model directory's checkpoint was written by a differently configured model."""
-
-
-def save_config(path: str, **configs) -> None:
-    """Writes the resolved configuration as JSON (dataclasses and plain values)."""
-    def plain(v):
-        return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    with tf.io.gfile.GFile(path, "w") as f:
-        json.dump({k: plain(v) for k, v in configs.items()}, f, indent=1, sort_keys=True,
-                  default=str)

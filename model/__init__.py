@@ -1,1 +1,3 @@
-"""RetinaNet: configs, anchors, box coder, anchor labeler, backbones, FPN, heads, losses, post-processing."""
+"""RetinaNet as pure tensors: configuration, backbones, FPN, heads, losses and the detection
+decoder. Imports boxes/ only; what runs the model (strategies, training loop, inference,
+export) is engine/."""

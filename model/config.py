@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from model.anchors import AnchorConfig
+from boxes.anchors import AnchorConfig
 
 
 @dataclasses.dataclass(frozen=True)

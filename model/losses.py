@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from boxes.assign import IGNORE
 from model.config import LossConfig
-from model.labeler import IGNORE
 
 
 def num_positives(cls_targets: tf.Tensor) -> tf.Tensor:

@@ -9,14 +9,14 @@ from keras import layers
 
 from model.backbones import build_backbone
 from model.config import ModelConfig, PostprocessConfig
+from model.decoder import DetectionDecoder
 from model.fpn import FeaturePyramid
 from model.heads import RetinaNetHead, prior_bias
-from model.postprocess import DetectionDecoder
 
 
 def build_retinanet(config: ModelConfig) -> keras.Model:
     """Training model: uint8 [B, S, S, 3] canvas -> {"cls_logits": [B, A, K] float32,
-    "box_deltas": [B, A, 4] float32}, anchors in model/anchors.py order."""
+    "box_deltas": [B, A, 4] float32}, anchors in boxes/anchors.py order."""
     size = config.image_size
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = layers.Activation("linear", dtype="float32", name="to_float")(

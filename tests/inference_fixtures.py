@@ -10,9 +10,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from model.anchors import AnchorConfig, generate_anchors
+from boxes.anchors import AnchorConfig, generate_anchors
+from engine.inference import Detector
+from engine.run_dir import checkpoint_weights, save_config
 from model.config import ModelConfig
-from model.inference import Detector
+from tfrecords.input_pipeline import InputConfig
 
 TINY = ModelConfig(num_classes=2, backbone="small", image_size=128, fpn_channels=16,
                    head_convs=1, head_channels=32, anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)))
@@ -195,13 +197,9 @@ def red_scene(index: int, height: int = 96, width: int = 128,
 
 def write_model_dir(model_dir, model, labels, level: int, config: ModelConfig = TINY) -> str:
     """A train.py run directory for `model`: config.json (model, input, labels, level) and
-    checkpoints/ckpt-1 holding every weight, as model.export.load_model reads it."""
-    from model.training import checkpoint_weights, save_config
-    from tfrecords.input_pipeline import InputConfig
-
+    checkpoints/ckpt-1 holding every weight, as engine.run_dir.load_model reads it."""
     save_config(os.path.join(model_dir, "config.json"), model=config,
-                input=InputConfig("", image_min_side=MIN_SIDE, image_max_side=MAX_SIDE,
-                                  anchors=config.anchors),
+                input=InputConfig("", image_min_side=MIN_SIDE, image_max_side=MAX_SIDE),
                 level=level, labels=list(labels))
     checkpoint = tf.train.Checkpoint(weights=checkpoint_weights(model))
     tf.train.CheckpointManager(checkpoint, os.path.join(model_dir, "checkpoints"),

@@ -31,9 +31,9 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm, jit):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         import keras
-        from model.anchors import AnchorConfig
+        from boxes.anchors import AnchorConfig
         from model.config import LossConfig, ModelConfig
-        from model.training import Trainer, TrainConfig
+        from engine.trainer import Trainer, TrainConfig
 
         config = ModelConfig(num_classes=3, backbone="small", image_size=128, fpn_channels=16,
                              head_convs=1, head_channels=32, NORM_ARGS,
@@ -131,7 +131,7 @@ def test_kill_9_then_restart_resumes_and_exports(tmp_path):
     assert any(f.startswith("events") for f in os.listdir(os.path.join(model_dir, "logs")))
     assert os.path.exists(os.path.join(model_dir, "export", "saved_model.pb"))
     # The last checkpoint holds every weight, trainable or not, and load_model restores them.
-    from model.export import load_model
+    from engine.run_dir import load_model
 
     model, _ = load_model(model_dir)
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(ckpt_dir))
@@ -179,7 +179,7 @@ def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
                                    "--positive_iou=0.45", "--negative_iou=0.35"),
                          env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    labeler = json.loads((run / "config.json").read_text())["input"]["labeler"]
+    labeler = json.loads((run / "config.json").read_text())["labeler"]
     assert (labeler["positive_iou"], labeler["negative_iou"]) == (0.45, 0.35)
 
 
@@ -204,7 +204,7 @@ def test_anchor_width_and_jit_flags_are_checked_and_recorded(tmp_path):
     assert config["model"]["backbone_width"] == 0.5
     assert config["train"]["jit_compile"] is True
     # eval.py and predict.py rebuild the model from config.json: 2 anchors per location.
-    from model.export import load_model
+    from engine.run_dir import load_model
 
     model, model_config = load_model(str(run))
     assert model_config.anchors.anchors_per_location == 2
@@ -215,8 +215,8 @@ def test_anchor_width_and_jit_flags_are_checked_and_recorded(tmp_path):
 def test_export_in_a_fresh_process_matches_keras(tmp_path):
     import tensorflow as tf
 
+    from engine.export import export_saved_model
     from model.config import ModelConfig
-    from model.export import export_saved_model
     from model.retinanet import build_inference_model, build_retinanet
     from tfrecords.input_pipeline import InputConfig, inference_canvas
 

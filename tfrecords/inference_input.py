@@ -39,6 +39,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from tfrecords import features as F
 from tfrecords.input_pipeline import AUTOTUNE, InputConfig, inference_canvas, list_files
@@ -129,8 +130,6 @@ _ORIENT = {
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (1-8) of an encoded image; 1 if it has none or it cannot be
     read (the decode decides whether the file is usable)."""
-    from PIL import Image
-
     try:
         value = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - any header PIL cannot parse means "no orientation"

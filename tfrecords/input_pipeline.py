@@ -15,24 +15,24 @@ Per image, the model receives (shapes before batching):
   classes:    [max_boxes] int32 level-local class ids; padding rows -1.
   group_of:   [max_boxes] bool.
   num_boxes:  [] int32 real rows (boxes beyond max_boxes are dropped, first kept).
-  image_info: [4, 2] float32 [[decoded height, width], [scaled height, width],
-              [y scale, x scale], [y offset, x offset]]: a box in `image` pixels maps back to
+  image_info: [4, 2] float32 (boxes/canvas.py): a box in `image` pixels maps back to
               the decoded image as (box + offset) / scale, and to normalized coordinates by
               dividing by the decoded size.
   source_id:  [] string ImageID.
-and, with label_in_pipeline, cls_targets [A] int32 and box_targets [A, 4] float32
-(model/labeler.py). Nothing per class per anchor.
+and, when build_dataset is given a label_fn (target assignment in tf.data, e.g.
+boxes.assign.add_image_targets), whatever it adds: cls_targets [A] int32 and box_targets
+[A, 4] float32. Nothing per class per anchor.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 
 import tensorflow as tf
 
-from model.anchors import AnchorConfig, generate_anchors
-from model.labeler import LabelerConfig, label_anchors, label_batch
+from boxes import canvas
+from boxes.ops import flip_left_right
 from tfrecords import features as F
 from tfrecords.decode import decode_example
 
@@ -55,7 +55,6 @@ class InputConfig:
       repeat_factor_sampling: repeat each image per epoch by its stored LVIS factor r:
         floor(r) times plus once more with probability r - floor(r).
       cache: cache the raw records in memory after the first pass (small data).
-      label_in_pipeline: compute anchor targets in tf.data instead of the train step.
       seed: makes order and augmentation deterministic; None for the fastest
         non-deterministic pipeline.
     """
@@ -71,16 +70,12 @@ class InputConfig:
     shuffle_buffer: int = 512
     repeat_factor_sampling: bool = False
     cache: bool = False
-    label_in_pipeline: bool = False
     seed: int | None = None
-    anchors: AnchorConfig = AnchorConfig()
-    labeler: LabelerConfig = LabelerConfig()
 
     @property
     def output_size(self) -> int:
-        """Side of the square canvas: image_max_side rounded up to a multiple of 128
-        (the stride of P7), so every FPN level tiles it exactly."""
-        return int(math.ceil(self.image_max_side / 128) * 128)
+        """Side of the square canvas (boxes.canvas.canvas_size of image_max_side)."""
+        return canvas.canvas_size(self.image_max_side)
 
 
 def _stateless_seed(seed, index, salt):
@@ -104,17 +99,14 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
     if train and config.flip:
         flip = tf.random.stateless_uniform([], _stateless_seed(seed, index, 1)) < 0.5
         image = tf.cond(flip, lambda: tf.image.flip_left_right(image), lambda: image)
-        ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
-        flipped = tf.stack([ymin, 1.0 - xmax, ymax, 1.0 - xmin], axis=-1)
+        flipped = flip_left_right(boxes)
         boxes = tf.cond(flip, lambda: flipped, lambda: boxes)
 
-    # Resize scale: short side to min_side, long side at most max_side.
-    short, long = tf.reduce_min(size), tf.reduce_max(size)
-    scale = tf.minimum(config.image_min_side / short, config.image_max_side / long)
+    scale = canvas.resize_scale(size, config.image_min_side, config.image_max_side)
     if train and tuple(config.scale_jitter) != (1.0, 1.0):
         low, high = config.scale_jitter
         scale *= tf.random.stateless_uniform([], _stateless_seed(seed, index, 2), low, high)
-    scaled = tf.maximum(tf.round(size * scale), 1.0)
+    scaled = canvas.scaled_size(size, scale)
     image = _resize_uint8(image, scaled)
     out = float(config.output_size)
 
@@ -141,7 +133,7 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
 
     n = tf.minimum(tf.shape(pixel)[0], config.max_boxes)
     pad = config.max_boxes - n
-    image_info = tf.stack([size, scaled, tf.stack([scale, scale]), offset])
+    image_info = canvas.image_info(size, scaled, scale, offset)
     return {
         "image": tf.ensure_shape(image, [config.output_size, config.output_size, 3]),
         "boxes": tf.ensure_shape(tf.pad(pixel[:n], [[0, pad], [0, 0]]), [config.max_boxes, 4]),
@@ -174,15 +166,14 @@ def inference_canvas(image: tf.Tensor, config: InputConfig) -> tuple[tf.Tensor, 
     """A decoded [h, w, 3] uint8 image -> (canvas [S, S, 3] uint8, image_info [4, 2]) exactly
     as preprocess_example builds them in evaluation (no flip, jitter or crop)."""
     size = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(config.image_min_side / tf.reduce_min(size),
-                       config.image_max_side / tf.reduce_max(size))
-    scaled = tf.maximum(tf.round(size * scale), 1.0)
+    scale = canvas.resize_scale(size, config.image_min_side, config.image_max_side)
+    scaled = canvas.scaled_size(size, scale)
     out = float(config.output_size)
     visible = tf.cast(tf.minimum(scaled, out), tf.int32)
     resized = _resize_uint8(image, scaled)[:visible[0], :visible[1], :]
-    canvas = tf.image.pad_to_bounding_box(resized, 0, 0, config.output_size, config.output_size)
-    info = tf.stack([size, scaled, tf.stack([scale, scale]), tf.zeros([2])])
-    return tf.ensure_shape(canvas, [config.output_size, config.output_size, 3]), info
+    padded = tf.image.pad_to_bounding_box(resized, 0, 0, config.output_size, config.output_size)
+    info = canvas.image_info(size, scaled, scale)
+    return tf.ensure_shape(padded, [config.output_size, config.output_size, 3]), info
 
 
 def _repeat_count(serialized, seed, index):
@@ -205,12 +196,15 @@ def list_files(file_pattern: str) -> list[str]:
 
 
 def build_dataset(config: InputConfig,
-                  input_context: tf.distribute.InputContext | None = None) -> tf.data.Dataset:
+                  input_context: tf.distribute.InputContext | None = None,
+                  label_fn: Callable[[dict], dict] | None = None) -> tf.data.Dataset:
     """The batched dataset for one input pipeline (one per worker under a strategy).
 
     With an InputContext the files are split between input pipelines (or, with
     fewer files than pipelines, the records are) and the batch is the
-    per-replica batch size.
+    per-replica batch size. label_fn, if given, maps each image's dict (before batching)
+    to the dict with its anchor targets added: target assignment in tf.data instead of
+    the train step.
     """
     files = list_files(config.file_pattern)
     batch = config.global_batch_size
@@ -239,16 +233,10 @@ def build_dataset(config: InputConfig,
             _repeat_count(s, base_seed, i)))
     if config.is_training:
         ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    anchors = tf.constant(generate_anchors(config.output_size, config.output_size,
-                                           config.anchors)) if config.label_in_pipeline else None
 
     def prepare(i, s):
         example = preprocess_example(s, config, i)
-        if anchors is not None:  # per image, so tf.data runs the labeling in parallel
-            example["cls_targets"], example["box_targets"] = label_anchors(
-                anchors, example["boxes"], example["classes"], example["num_boxes"],
-                example["group_of"], config.labeler)
-        return example
+        return example if label_fn is None else label_fn(example)
 
     ds = ds.enumerate().map(prepare, num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     ds = ds.batch(batch, drop_remainder=config.is_training)
@@ -257,9 +245,3 @@ def build_dataset(config: InputConfig,
     options.experimental_optimization.map_parallelization = True
     return ds.with_options(options).prefetch(AUTOTUNE)
 
-
-def add_targets(batch: dict, anchors: tf.Tensor, labeler: LabelerConfig | None = None) -> dict:
-    """Adds cls_targets [B, A] and box_targets [B, A, 4] to a batch (in tf.data or a train step)."""
-    cls_t, box_t = label_batch(anchors, batch["boxes"], batch["classes"], batch["num_boxes"],
-                               batch["group_of"], labeler or LabelerConfig())
-    return {**batch, "cls_targets": cls_t, "box_targets": box_t}

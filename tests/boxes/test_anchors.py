@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from model.anchors import AnchorConfig, generate_anchors, level_anchor_shapes
+from boxes.anchors import AnchorConfig, generate_anchors, level_anchor_shapes
 
 
 def test_golden_single_level():

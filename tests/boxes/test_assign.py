@@ -1,9 +1,17 @@
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from model import box_coder
-from model.labeler import BACKGROUND, IGNORE, LabelerConfig, label_anchors, label_batch
+from boxes import assign
+from boxes import coder as box_coder
+from boxes.anchors import AnchorConfig
+from boxes.assign import BACKGROUND, IGNORE, LabelerConfig
+
+V = AnchorConfig().variances
+label_anchors = functools.partial(assign.label_anchors, variances=V)
+label_batch = functools.partial(assign.label_batch, variances=V)
 
 # Four 10x10 anchors in a row, at x = 0, 10, 20, 30 (pixels).
 ANCHORS = np.array([[0, 0, 10, 10], [0, 10, 10, 20], [0, 20, 10, 30], [0, 30, 10, 40]],
@@ -60,7 +68,7 @@ def test_low_quality_match_for_a_box_smaller_than_every_anchor():
     # A 2x2 box inside anchor 2: IoU 4/100 = 0.04 < 0.4, yet it claims anchor 2.
     cls, box = label([[4, 24, 6, 26]], [3])
     assert cls == [BACKGROUND, BACKGROUND, 3, BACKGROUND]
-    expected = box_coder.encode(np.array([[4, 24, 6, 26]], np.float32), ANCHORS[2:3]).numpy()
+    expected = box_coder.encode(np.array([[4, 24, 6, 26]], np.float32), ANCHORS[2:3], V).numpy()
     np.testing.assert_allclose(box[2], expected[0], atol=1e-5)
 
 

@@ -6,9 +6,9 @@ import json
 import pytest
 import tensorflow as tf
 
+from engine.evaluation import LevelEvaluation, make_epoch_callback, write_results
+from engine.inference import Inference
 from model.config import PostprocessConfig
-from model.evaluation import LevelEvaluation, make_epoch_callback, write_results
-from model.inference import Inference
 from oid.classes import load_classes
 from oid.hierarchy import load_hierarchy
 from tests.inference_fixtures import (

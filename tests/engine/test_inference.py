@@ -13,15 +13,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from model.config import PostprocessConfig
-from model.inference import (
+from boxes.ops import flip_left_right
+from engine.inference import (
     Inference,
-    check_labels,
     detector_from_model,
     flip_canvas,
     load_detector,
-    unflip_boxes,
 )
+from model.config import PostprocessConfig
 from tests.inference_fixtures import (
     LABELS,
     MAX_SIDE,
@@ -63,10 +62,10 @@ def _iou(a, b):
     return inter / (area(a) + area(b) - inter)
 
 
-def test_unflip_boxes_mirrors_x_and_swaps_xmin_xmax():
+def test_flip_left_right_mirrors_x_and_swaps_xmin_xmax():
     # (ymin, xmin, ymax, xmax) = (0.1, 0.2, 0.5, 0.6) in a mirrored image covers x in
     # [1 - 0.6, 1 - 0.2] = [0.4, 0.8] of the image.
-    np.testing.assert_allclose(unflip_boxes(tf.constant([[0.1, 0.2, 0.5, 0.6]])).numpy(),
+    np.testing.assert_allclose(flip_left_right(tf.constant([[0.1, 0.2, 0.5, 0.6]])).numpy(),
                                [[0.1, 0.4, 0.5, 0.8]], rtol=1e-6)
 
 
@@ -94,7 +93,7 @@ def test_flip_tta_maps_the_mirrored_pass_back_onto_the_object(tmp_path):
     truth = np.array(box, np.float32) / [96, 128, 96, 128]
     assert _iou(left.boxes[0], truth) > 0.5
     # The mirrored image's best box, mapped back, is the original's best box.
-    np.testing.assert_allclose(unflip_boxes(right.boxes[:1]).numpy()[0], left.boxes[0],
+    np.testing.assert_allclose(flip_left_right(right.boxes[:1]).numpy()[0], left.boxes[0],
                                atol=1e-6)
     # With TTA both passes find the rectangle; nothing is detected at its mirror image.
     tta = {r.image_id: r.detections[0] for r in _run(detector, ImageFolderSource(paths), 2,
@@ -213,14 +212,14 @@ def test_exif_orientation_is_applied_as_pil_does(orientation):
 
 def test_check_labels_refuses_another_level_or_other_classes():
     detector = red_detector()
-    check_labels(detector, list(LABELS), "labels.json", level=1)
+    detector.check_labels(list(LABELS), "labels.json", level=1)
     with pytest.raises(ValueError, match="trained for level 1, not level 2"):
-        check_labels(detector, list(LABELS), "labels.json", level=2)
+        detector.check_labels(list(LABELS), "labels.json", level=2)
     other = [{"index": 0, "mid": "/m/red", "name": "red"}, {"index": 1, "mid": "/m/x", "name": "x"}]
     with pytest.raises(ValueError, match=r"red_detector was trained on 2 classes that do not "
                                          r"match the 2 of RECORDS/level1/labels.json \(MIDs only "
                                          r"on one side: /m/blue, /m/x\)"):
-        check_labels(detector, other, "RECORDS/level1/labels.json")
+        detector.check_labels(other, "RECORDS/level1/labels.json")
 
 
 @pytest.mark.slow
@@ -238,7 +237,7 @@ def test_same_detections_for_batch_1_and_8_and_two_replicas(tmp_path):
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from model.config import PostprocessConfig
-        from model.inference import Inference, detector_from_model
+        from engine.inference import Inference, detector_from_model
         from tests.inference_fixtures import (LABELS, MAX_SIDE, MIN_SIDE, TINY,
                                                 spread_random_model)
         from tfrecords.inference_input import ImageFolderSource
@@ -285,7 +284,7 @@ def test_same_detections_for_batch_1_and_8_and_two_replicas(tmp_path):
 
 @pytest.mark.slow
 def test_saved_model_gives_the_detections_of_its_keras_model(tmp_path):
-    from model.export import export_saved_model
+    from engine.export import export_saved_model
 
     model = spread_random_model()
     export_saved_model(model, TINY, list(LABELS), CANVAS, str(tmp_path / "export"), level=1)

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from model.inference import Detections, Detector, ImageResult
-from model.prediction import Combiner
+from engine.inference import Detections, Detector, ImageResult
+from engine.prediction import Combiner
 from oid.hierarchy import Hierarchy
 from tests.inference_fixtures import LABELS, LEVEL2_LABELS, MAX_SIDE, MIN_SIDE, TINY
 

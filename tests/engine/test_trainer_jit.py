@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from model.anchors import AnchorConfig
+from boxes.anchors import AnchorConfig
+from engine.trainer import TrainConfig, Trainer
 from model.config import LossConfig, ModelConfig
-from model.training import TrainConfig, Trainer
 
 
 def _batch():
@@ -44,7 +44,7 @@ def test_jit_compiled_step_matches_the_plain_step(tmp_path):
 def test_one_cpu_trains_under_the_default_strategy():
     # OneDeviceStrategy("/cpu:0") runs the same train step at 0.6-0.7x the speed
     # (benchmarks/bench_strategy.py), so auto and mirrored fall back to no strategy at all.
-    from model.training import make_strategy
+    from engine.strategy import make_strategy
 
     assert len(tf.config.list_logical_devices("CPU")) == 1
     assert not tf.config.list_logical_devices("GPU")

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from model.anchors import AnchorConfig
+from boxes.anchors import AnchorConfig
 from model.backbones import BACKBONES, build_backbone
 from model.config import ModelConfig
 from model.heads import group_norm_groups

@@ -1,3 +1,4 @@
+import functools
 import io
 import os
 from collections import Counter
@@ -7,10 +8,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from model.anchors import generate_anchors
+from boxes.anchors import AnchorConfig, generate_anchors
+from boxes.assign import LabelerConfig, add_image_targets, add_targets
 from tfrecords import proto
 from tfrecords.example import ImageAnnotation, build_example
-from tfrecords.input_pipeline import InputConfig, add_targets, build_dataset, preprocess_example
+from tfrecords.input_pipeline import InputConfig, build_dataset, preprocess_example
 
 
 def make_record(image_id, w, h, boxes, classes, group_of=None, repeat_factor=1.0, seed=0):
@@ -140,12 +142,15 @@ def test_labeling_in_pipeline_equals_labeling_in_train_step(tmp_path):
     records = [make_record(f"i{k}", 64, 48, [[0.1, 0.1, 0.6, 0.5], [0.5, 0.5, 0.9, 0.9]],
                            [k, 1], [0, 1], seed=k)[0] for k in range(4)]
     path = write(tmp_path / "a.tfrecord", records)
-    base = InputConfig(path, global_batch_size=2, seed=3, **SMALL)
-    labeled = InputConfig(path, global_batch_size=2, seed=3, label_in_pipeline=True, **SMALL)
-    anchors = tf.constant(generate_anchors(base.output_size, base.output_size, base.anchors))
-    for plain, with_targets in zip(build_dataset(base).take(3), build_dataset(labeled).take(3),
-                                   strict=True):
-        step = tf.function(add_targets)(plain, anchors)
+    config = InputConfig(path, global_batch_size=2, seed=3, **SMALL)
+    anchor_config = AnchorConfig()
+    anchors = tf.constant(generate_anchors(config.output_size, config.output_size,
+                                           anchor_config))
+    label_fn = functools.partial(add_image_targets, anchors=anchors, config=LabelerConfig(),
+                                 variances=anchor_config.variances)
+    for plain, with_targets in zip(build_dataset(config).take(3),
+                                   build_dataset(config, label_fn=label_fn).take(3), strict=True):
+        step = tf.function(add_targets)(plain, anchors, LabelerConfig(), anchor_config.variances)
         assert with_targets["cls_targets"].shape == (2, anchors.shape[0])
         np.testing.assert_array_equal(step["cls_targets"].numpy(),
                                       with_targets["cls_targets"].numpy())

@@ -1,13 +1,15 @@
 """Shared lists for the BUILD files."""
 
 # Every project py_library: tests and entry points depend on all of them.
-# A new package directory (tfrecords/, model/, beam_jobs/) needs a copy of
-# oid/BUILD.bazel and its label here.
+# A new package directory needs a BUILD.bazel whose deps follow the layering
+# (docs/architecture.md) and its label here.
 PY_LIBS = [
     "//oid",
+    "//boxes",
     "//tfrecords",
-    "//beam_jobs",
     "//model",
+    "//beam_jobs",
+    "//engine",
 ]
 
 # Data every pytest run needs: pytest's config (pyproject.toml), top-level and
