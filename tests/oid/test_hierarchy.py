@@ -113,7 +113,7 @@ def test_invalid_json_names_line(tmp_path):
 
 def test_real_v4_hierarchy(openimages_dir):
     h = load_hierarchy(openimages_dir / "bbox_labels_600_hierarchy.json")
-    # Figures from ../shared/data/openimages/README.md.
+    # Figures from third_party/openimages/README.md.
     assert len(h) == 601
     assert sum(len(h.parents(c)) > 1 for c in h.classes) == 45
     assert sum(1 for c in h.classes if not h.parents(c)) == 90

@@ -37,8 +37,7 @@ def pytest_tests(data = []):
             srcs = [f, PYTEST_MAIN],
             main = PYTEST_MAIN,
             args = ["$(rootpath %s)" % f],
-            # Non-Python files here (fixtures); data under ../shared/ is read through
-            # OID_SHARED_DIR, outside Bazel's view.
+            # Non-Python files here (fixtures, testdata/).
             data = PYTEST_DATA + data + native.glob(
                 ["**"],
                 exclude = ["**/*.py", "**/*.pyc", "**/__pycache__/**", "BUILD.bazel"],

@@ -9,8 +9,4 @@ if [ ! -x "$root/.venv/bin/python" ]; then
     echo "venv_python.sh: $root/.venv/bin/python not found; run 'make venv' first" >&2
     exit 1
 fi
-# Tests read Open Images data from shared/, the checkout's sibling directory.
-: "${OID_REPO_ROOT:=$root}"
-: "${OID_SHARED_DIR:=$root/../shared}"
-export OID_REPO_ROOT OID_SHARED_DIR
 exec "$root/.venv/bin/python" "$@"
