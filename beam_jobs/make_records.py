@@ -16,11 +16,19 @@ writes, for level N,
 
 (`--split test`: RECORDS/test/test-*.tfrecord of the unlabelled test images.)
 
+The levels come from --levels_spec, else from DATA/levels.json (what `python -m oid.levels`
+writes by default), else they are computed from the training boxes as that command does
+by default and written to RECORDS/levels.json.
+
+Every flag is checked before anything is written: a bad one, or a bad input file, ends the
+run with exit status 2 and one last line `error: <flag or file>: <problem>; <fix>`.
+
 The driver reads and validates the CSVs and plans the level (beam_jobs/plan.py);
 the plan goes to JSON-lines files that the pipeline reads, so the same job runs
 on the DirectRunner (all local cores by default), Dataflow, Flink or Spark, and
 every path may be gs://. Any flag this job does not define is a Beam pipeline
-option.
+option. By default it runs locally on every core, and prints only its own lines: Beam's
+own logging shows from --beam_log_level (default ERROR) up (beam_jobs/logs.py).
 """
 
 from __future__ import annotations
@@ -33,41 +41,64 @@ if __name__ == "__main__":
     import os as _os
 
     sys.path.insert(0, _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))))
+    from beam_jobs import logs
+
+    logs.setup(logs.level_from_argv(sys.argv))  # before Beam's first import, which logs
     from beam_jobs import make_records
 
     sys.exit(make_records.main())
 
 import csv
+import dataclasses
+import difflib
 import io
 import json
 import logging
 import math
 import os
+import re
+import shlex
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 
 import apache_beam as beam
 import numpy as np
+import pandas as pd
 from absl import flags
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability.api import beam_provision_api_pb2
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.runners.portability.portable_runner import JobServiceHandle
+from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
 from beam_jobs import images as image_ops
+from beam_jobs import logs, worker
 from beam_jobs.plan import Plan, PlanConfig, plan_level
-from oid import fileio
+from oid import errors, fileio
 from oid.annotations import (
     BOX_COLUMNS,
     IMAGE_ID_PATTERN,
     LABEL_COLUMNS,
+    ReadReport,
     read_boxes,
     read_image_labels,
 )
-from oid.classes import load_classes
-from oid.hierarchy import load_hierarchy
+from oid.classes import ClassTable, load_classes
+from oid.errors import InputFileError, UsageError
+from oid.hierarchy import Hierarchy, load_hierarchy
 from oid.layout import DataLayout
-from oid.levels import LevelSpec
+from oid.levels import (
+    DEFAULT_LEVEL_SIZES,
+    Level,
+    LevelSpec,
+    check_data_dir,
+    check_mids,
+    levels_from_boxes,
+)
 from tfrecords import proto
 from tfrecords.example import ImageAnnotation, build_example
 from tfrecords.layout import LevelRecords, RecordsLayout, shard_name
@@ -77,17 +108,22 @@ SKIPPED_TAG = "skipped"
 TEMP_DIR = "beam-temp-shards"  # shards being written; renamed into level_dir when complete
 STATS_TAG = "stats"
 DEFAULT_IMAGE_BYTES = 150_000  # per-image guess when no sample could be read
+SPEC_FILE = "levels.json"  # in DATA_DIR (python -m oid.levels' default) and in OUTPUT_DIR
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "Official layout: label/ CSVs and JSON, train/ and test/.")
 flags.DEFINE_string("output_dir", None, "Where level{N}/ (or test/) directories are written.")
-flags.DEFINE_string("levels_spec", None, "Level spec from oid.levels (default DATA_DIR/levels.json).")
+flags.DEFINE_string("levels_spec", None,
+                    "Level spec from python -m oid.levels. Default: DATA_DIR/levels.json if it "
+                    "exists, else levels computed from the boxes with that command's defaults "
+                    "and written to OUTPUT_DIR/levels.json.")
 flags.DEFINE_string("level", "1", "Level number, or 'all'.")
 flags.DEFINE_enum("split", "train", ["train", "test"],
                   "train: labelled images, split into train/val records; test: unlabelled images.")
 flags.DEFINE_float("val_fraction", 0.1, "Share of each level's images on the val side.")
 flags.DEFINE_string("split_salt", "", "Changes the (ImageID-hash) split for every level alike.")
-flags.DEFINE_integer("max_side", 1024, "Longer image side at most this (aspect kept, no upscaling).")
+flags.DEFINE_integer("max_side", 1024,
+                     "Longer image side at most this, pixels (aspect kept, no upscaling).")
 flags.DEFINE_integer("jpeg_quality", 95, "JPEG quality of re-encoded images.")
 flags.DEFINE_integer("num_shards", 0, "Shards per split; 0 sizes them by --shard_size_mb.")
 flags.DEFINE_float("shard_size_mb", 150.0, "Target shard size when --num_shards is 0.")
@@ -100,6 +136,11 @@ flags.DEFINE_integer("dominant_top_k", 1, "Dominant classes = the level's K larg
 flags.DEFINE_bool("strict", False, "Fail on the first bad annotation row instead of skipping it.")
 flags.DEFINE_integer("log_every", 500, "Progress line every N images per worker.")
 flags.DEFINE_integer("shuffle_seed", 0, "Seed of the record order within and across shards.")
+flags.DEFINE(flags.EnumParser(logs.LEVELS, case_sensitive=False), "beam_log_level",
+             logs.DEFAULT_BEAM_LEVEL,
+             f"<{'|'.join(logs.LEVELS)}>: Apache Beam's own log records show from this level "
+             "up (INFO: all of its worker start-up and runner chatter); this job's lines "
+             "always show.", serializer=flags.ArgumentSerializer())
 
 
 # -- DoFns ---------------------------------------------------------------------------------
@@ -129,7 +170,6 @@ class WriteShard(beam.DoFn):
         self._log_every = log_every
 
     def setup(self):
-        _quiet_beam()
         self._read = Metrics.counter("make_records", "images_read")
         self._written = Metrics.counter("make_records", "images_written")
         self._skips: dict[str, object] = {}
@@ -446,13 +486,47 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
     return stats
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
-    """Beam options from the leftover flags; DirectRunner on every core by default."""
-    if not any(a.startswith("--runner") for a in beam_args):
-        beam_args = beam_args + ["--runner=DirectRunner",
-                                 "--direct_running_mode=multi_processing",
-                                 f"--direct_num_workers={os.cpu_count() or 1}"]
-    return PipelineOptions(beam_args)
+# -- runner --------------------------------------------------------------------------------
+
+
+def _not_the_in_memory_warning(record: logging.LogRecord) -> bool:
+    # FnApiRunner warns that N workers need --direct_running_mode=multi_processing; that
+    # mode would replace our worker command with Beam's, and ours runs N processes anyway.
+    return not str(record.msg).startswith("If direct_num_workers is not equal to 1")
+
+
+def make_pipeline_factory(beam_args: list[str], beam_log_level: str = logs.DEFAULT_BEAM_LEVEL
+                          ) -> Callable[[], beam.Pipeline]:
+    """() -> a new beam.Pipeline with the flags this job leaves to Beam.
+
+    With --runner or --direct_running_mode among them, Beam's runner as asked. Otherwise
+    the runner that Beam's DirectRunner runs a batch job on (FnApiRunner), with one worker
+    process per core (--direct_num_workers overrides), each started as
+    `python beam_jobs/worker.py` so that its logging is set up before Beam's first line.
+    Naming the runner also keeps the job on it: given network access, the DirectRunner of
+    Beam 2.77 downloads and prefers its Prism runner, whose default (LOOPBACK) workers run
+    inside this one process.
+    """
+    if any(a.startswith(("--runner", "--direct_running_mode")) for a in beam_args):
+        options = PipelineOptions(beam_args)
+        return lambda: beam.Pipeline(options=options)
+    # Ours first: argparse keeps the last value, so a --direct_num_workers given wins.
+    options = PipelineOptions([f"--direct_num_workers={os.cpu_count() or 1}", *beam_args])
+    command = (f"{shlex.quote(sys.executable)} {shlex.quote(os.path.abspath(worker.PATH))} "
+               f"--{logs.FLAG}={beam_log_level}")
+    logging.getLogger(fn_runner.__name__).addFilter(_not_the_in_memory_warning)
+
+    def make() -> beam.Pipeline:
+        # The workers read the pipeline options from the provision info, as the
+        # DirectRunner hands them over.
+        encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+        runner = fn_runner.FnApiRunner(
+            default_environment=SubprocessSDKEnvironment.from_command_string(command),
+            provision_info=fn_runner.ExtendedProvisionInfo(
+                beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)))
+        return beam.Pipeline(runner=runner, options=options)
+
+    return make
 
 
 def test_plan(test_dir: str) -> tuple[list[ImageAnnotation], list[tuple[str, str]]]:
@@ -468,75 +542,327 @@ def test_plan(test_dir: str) -> tuple[list[ImageAnnotation], list[tuple[str, str
     return annotations, skipped
 
 
-def run(argv: list[str]) -> dict:
-    """Parses flags (unknown ones go to Beam) and makes the records. Returns stats per level."""
-    beam_args = FLAGS(argv, known_only=True)[1:]
-    for name in ("data_dir", "output_dir"):
+# -- checking the flags --------------------------------------------------------------------
+
+
+class FlagError(ValueError):
+    """A refused start that is not about one flag's value (a missing flag, a stray word)."""
+
+
+HELP_FLAGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+BEAM_FIX = ("fix or drop it (a flag this job does not define goes to Apache Beam as a "
+            "pipeline option)")
+_TYPE_PROBLEMS = {"int": "not a whole number", "float": "not a number",
+                  "bool": "not true or false"}
+
+
+# flag -> (valid?, what is wrong otherwise, how to fix it)
+_RANGES = {
+    "val_fraction": (lambda v: math.isfinite(v) and 0 <= v <= 1, "must be between 0 and 1",
+                     "e.g. 0.1 puts a tenth of the images on the val side"),
+    "max_side": (lambda v: v >= 1, "must be at least 1",
+                 "it is the longer image side in pixels, e.g. 1024"),
+    "jpeg_quality": (lambda v: 1 <= v <= 100, "must be between 1 and 100", "e.g. 95"),
+    "num_shards": (lambda v: v >= 0, "must be 0 or more",
+                   "0 sizes the shards by --shard_size_mb"),
+    "shard_size_mb": (lambda v: math.isfinite(v) and v > 0, "must be more than 0", "e.g. 150"),
+    "repeat_threshold": (lambda v: math.isfinite(v) and 0 <= v <= 1, "must be between 0 and 1",
+                         "0 turns repeat factors off; LVIS uses 0.001"),
+    "max_dominant_fraction": (lambda v: v is None or (math.isfinite(v) and 0 <= v <= 1),
+                              "must be between 0 and 1", "e.g. 0.95"),
+    "dominant_top_k": (lambda v: v >= 1, "must be at least 1",
+                       "e.g. 1, the level's largest class"),
+    "log_every": (lambda v: v >= 0, "must be 0 or more", "0 turns the progress lines off"),
+    "shuffle_seed": (lambda v: v >= 0, "must be 0 or more", "e.g. 0"),
+}
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing of `argv`, its errors as UsageError. Returns the leftover (Beam) args."""
+    try:
+        return FLAGS(argv, known_only=True)[1:]
+    except flags.Error as e:
+        found = re.match(r"flag --([\w-]+)=(.*?): (.*)", str(e), re.S)
+        if found and found.group(1) in FLAGS:
+            name, value, why = found.groups()
+            problem = _TYPE_PROBLEMS.get(FLAGS[name].flag_type(), why)
+            raise UsageError(f"--{name}", value, f"{problem}; see --helpshort") from None
+        missing = re.match(r"Missing value for flag (--[\w-]+)", str(e))
+        if missing:
+            raise FlagError(f"{missing.group(1)}: no value; pass {missing.group(1)}=VALUE "
+                            "(see --helpshort)") from None
+        raise FlagError(f"{e}; see --helpshort") from None
+
+
+def _check_ranges() -> None:
+    for name, (valid, problem, fix) in _RANGES.items():
+        if not valid(FLAGS[name].value):
+            raise UsageError(f"--{name}", FLAGS[name].value, f"{problem}; {fix}")
+
+
+def _level_choice() -> int | None:
+    """The --level number, or None for all."""
+    text = FLAGS.level.strip()
+    if text == "all":
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        raise UsageError("--level", FLAGS.level, "not a level number; pass 1, 2, ... or "
+                                                 "all") from None
+    if number < 1:
+        raise UsageError("--level", FLAGS.level, "levels are numbered from 1; pass 1, 2, ... "
+                                                 "or all")
+    return number
+
+
+def _value_of(flag: str, args: list[str]) -> str:
+    """The value given to `flag` in `args` (--flag=value or --flag value), else ""."""
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag:
+            return args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("-") else ""
+    return ""
+
+
+def check_beam_args(beam_args: list[str]) -> None:
+    """UsageError for a leftover flag that Beam does not know, or whose value it refuses.
+
+    Beam itself would drop an unknown flag (a typo of ours, say) with a warning, and exit
+    from inside argparse on a bad value, both only once the pipeline is built, after the
+    plan has been written.
+    """
+    if runner := _value_of("--runner", beam_args):
+        try:
+            # Importing a runner's module defines its pipeline options.
+            beam.runners.create_runner(runner)
+        except (ValueError, ImportError) as e:
+            raise UsageError("--runner", runner, f"{str(e).split('. ')[0]}; {BEAM_FIX}") from None
+    parsers = []
+
+    def refuse(message: str):
+        found = re.match(r"argument (--[\w-]+)[^:]*: (.*)", message, re.S)
+        if found:
+            raise UsageError(found.group(1), _value_of(found.group(1), beam_args),
+                             f"{found.group(2)}; {BEAM_FIX}")
+        raise FlagError(f"{message}; {BEAM_FIX}")
+
+    def capture(parser):  # Beam's own parser of every option class it knows
+        parser.error = refuse
+        parsers.append(parser)
+
+    PipelineOptions(beam_args).get_all_options(add_extra_args_fn=capture)
+    unknown = parsers[0].parse_known_args(beam_args)[1]
+    for arg in unknown:
+        if not arg.startswith("-"):
+            raise FlagError(f"{arg!r}: an argument without a flag; flags take the form "
+                            "--name=value (see --helpshort)")
+        name, _, value = arg.partition("=")
+        known = [f"--{f.name}" for f in FLAGS.get_flags_for_module(__name__)] + \
+            list(parsers[0]._option_string_actions)
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UsageError(name, value or _value_of(name, beam_args),
+                         "neither a flag of this job nor a pipeline option of the Beam runner "
+                         f"in use; {hint}see --helpshort")
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Job:
+    """A checked run: every flag and input is valid, and nothing has been written yet.
+
+    Attributes:
+      split: "train" (the levels' records) or "test".
+      args: run_level's settings (max_side, jpeg_quality, ...).
+      make_pipeline: () -> beam.Pipeline.
+      levels: the levels to make (split "train").
+      spec_out: levels computed from the boxes, written to OUTPUT_DIR/levels.json first.
+      spec_note: where the levels come from, for the log.
+      boxes, labels, reports: the training tables as read (split "train").
+    """
+
+    layout: DataLayout
+    output_dir: str
+    split: str
+    args: dict
+    make_pipeline: Callable[[], beam.Pipeline]
+    levels: tuple[Level, ...] = ()
+    spec_out: LevelSpec | None = None
+    spec_note: str = ""
+    classes: ClassTable | None = None
+    hierarchy: Hierarchy | None = None
+    boxes: pd.DataFrame | None = None
+    labels: pd.DataFrame | None = None
+    reports: tuple[ReadReport, ...] = ()
+    config: PlanConfig | None = None
+
+
+def _choose(spec: LevelSpec, level: int | None, source: str) -> tuple[Level, ...]:
+    if level is None:
+        return spec.levels
+    if level > len(spec.levels):
+        have = f"levels 1 to {len(spec.levels)}" if len(spec.levels) > 1 else "only level 1"
+        raise UsageError("--level", FLAGS.level, f"{source} {have}; pass one of them or all")
+    return (spec.level(level),)
+
+
+def prepare(argv: list[str]) -> Job:
+    """Parses and checks every flag, reads and checks the inputs; writes nothing.
+
+    Raises:
+      UsageError: a flag's value cannot work (the message names the flag and value).
+      InputFileError: an input file is bad (the message names the file and line).
+      FlagError: anything else about the command line.
+    """
+    beam_args = _parse_flags(argv)
+    logs.set_beam_level(FLAGS.beam_log_level)
+    for name, what in (("data_dir", "the data folder (label/, train/, test/)"),
+                       ("output_dir", "the folder the records go to")):
         if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
-    layout = DataLayout(FLAGS.data_dir)
-    options = pipeline_options(beam_args)
-
-    def make_pipeline():
-        return beam.Pipeline(options=options)
-
+            raise FlagError(f"--{name}: missing; pass {what}, e.g. --{name}=DIR")
+    _check_ranges()
+    level = _level_choice() if FLAGS.split == "train" else None
+    check_beam_args(beam_args)
+    if FLAGS.dominant_classes and FLAGS.max_dominant_fraction is None:
+        raise UsageError("--dominant_classes", ",".join(FLAGS.dominant_classes),
+                         "has no effect without --max_dominant_fraction; pass both or neither")
+    layout, out = DataLayout(FLAGS.data_dir), FLAGS.output_dir
     args = {k: FLAGS[k].value for k in ("max_side", "jpeg_quality", "num_shards",
                                         "shard_size_mb", "log_every", "shuffle_seed")}
-    image_dirs = {"train": layout.image_dir("train"), "test": layout.image_dir("test")}
-
+    make_pipeline = make_pipeline_factory(beam_args, FLAGS.beam_log_level)
     if FLAGS.split == "test":
-        annotations, skipped = test_plan(image_dirs["test"])
-        plan = Plan(annotations, skipped, None, None, {"test_images": len(annotations)})
-        stats = run_level(RecordsLayout(FLAGS.output_dir).test.dir, plan, image_dirs, ("test",),
-                          None, make_pipeline, args)
-        return {"test": stats}
+        check_data_dir(FLAGS.data_dir, folders=[layout.image_dir("test")])
+        fileio.check_output_dir("--output_dir", out, ("test",))
+        return Job(layout, out, "test", args, make_pipeline)
 
+    check_data_dir(FLAGS.data_dir, files=[layout.classes, layout.hierarchy, layout.train_boxes,
+                                          layout.train_labels],
+                   folders=[layout.image_dir("train")])
+    fileio.check_output_dir("--output_dir", out, (f"level{level}",) if level else ())
+    if FLAGS.levels_spec:
+        fileio.check_input_file("--levels_spec", FLAGS.levels_spec)
     classes = load_classes(layout.classes)
     hierarchy = load_hierarchy(layout.hierarchy)
-    spec = LevelSpec.load(FLAGS.levels_spec or fileio.join(FLAGS.data_dir, "levels.json"))
-    lenient = not FLAGS.strict
+    check_mids("--dominant_classes", ",".join(FLAGS.dominant_classes), classes, layout.classes)
+    data_spec = fileio.join(FLAGS.data_dir, SPEC_FILE)
+    spec_path = FLAGS.levels_spec or (data_spec if fileio.exists(data_spec) else None)
+    spec = spec_out = None
+    if spec_path:
+        spec = LevelSpec.load(spec_path)
+        spec.check_classes(classes, spec_path, layout.classes)
+        levels = _choose(spec, level, f"the spec {spec_path} has")
+        note = f"levels: {len(spec.levels)} from {spec_path}" + (
+            "" if FLAGS.levels_spec else " (python -m oid.levels wrote it there; "
+                                         "--levels_spec names another)")
+
     logging.info("reading %s", layout.train_boxes)
-    boxes, box_report = read_boxes(layout.train_boxes, classes, lenient=lenient)
-    labels, label_report = read_image_labels(layout.train_labels, classes, lenient=lenient)
-    for report in (box_report, label_report):
-        if report.num_skipped:
-            logging.warning("%s", report.summary())
-            for line, reason, detail in report.skipped_lines[:20]:
-                logging.warning("  %s:%d: %s: %s", report.path, line, reason, detail)
+    try:
+        boxes, box_report = read_boxes(layout.train_boxes, classes, lenient=not FLAGS.strict)
+        labels, label_report = read_image_labels(layout.train_labels, classes,
+                                                 lenient=not FLAGS.strict)
+    except InputFileError as e:
+        # The readers' fix names oid's --lenient; this job is lenient unless --strict.
+        raise InputFileError(e.path, e.line, e.problem.replace("pass --lenient",
+                                                               "drop --strict")) from None
+    if spec is None:
+        spec = spec_out = levels_from_boxes(boxes, classes)
+        sizes = ",".join(map(str, DEFAULT_LEVEL_SIZES))
+        levels = _choose(spec, level, f"computing them from the boxes (sizes {sizes}) gives")
+        _check_spec_out(spec, out)
+        note = (f"levels: none given and no {data_spec}, so computed from the training boxes "
+                f"as python -m oid.levels does by default (sizes {sizes}): "
+                f"{len(spec.levels)} level{'s' * (len(spec.levels) > 1)} of "
+                f"{', '.join(str(len(lv.classes)) for lv in spec.levels)} classes, written to "
+                f"{fileio.join(out, SPEC_FILE)}; pass --levels_spec=FILE to pin them")
+    fileio.check_output_dir("--output_dir", out, tuple(lv.name for lv in levels))
     config = PlanConfig(val_fraction=FLAGS.val_fraction, split_salt=FLAGS.split_salt,
                         repeat_threshold=FLAGS.repeat_threshold,
                         max_dominant_fraction=FLAGS.max_dominant_fraction,
                         dominant_classes=tuple(FLAGS.dominant_classes),
                         dominant_top_k=FLAGS.dominant_top_k)
-    levels = spec.levels if FLAGS.level == "all" else (spec.level(int(FLAGS.level)),)
+    return Job(layout, out, "train", args, make_pipeline, levels, spec_out, note, classes,
+               hierarchy, boxes, labels, (box_report, label_report), config)
+
+
+def _check_spec_out(spec: LevelSpec, output_dir: str) -> None:
+    """Refuses to replace an OUTPUT_DIR/levels.json that holds other levels: the level
+    folders beside it were made with those."""
+    path = fileio.join(output_dir, SPEC_FILE)
+    if "://" in path or not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        raise UsageError("--output_dir", output_dir, f"{path} is a folder where the computed "
+                                                     "levels go; remove it or choose another "
+                                                     "folder")
+    if LevelSpec.load(path) != spec:
+        raise InputFileError(path, None, "holds other levels than the ones computed from "
+                                         "--data_dir now (the data changed?); pass "
+                                         f"--levels_spec={path} to keep making records with "
+                                         "it, or delete it and the level folders made with it")
+
+
+def execute(job: Job) -> dict:
+    """Writes the records of a prepared job. Returns stats.json's content per level."""
+    image_dirs = {"train": job.layout.image_dir("train"), "test": job.layout.image_dir("test")}
+    if job.split == "test":
+        annotations, skipped = test_plan(image_dirs["test"])
+        plan = Plan(annotations, skipped, None, None, {"test_images": len(annotations)})
+        stats = run_level(RecordsLayout(job.output_dir).test.dir, plan, image_dirs, ("test",),
+                          None, job.make_pipeline, job.args)
+        return {"test": stats}
+
+    if job.spec_out is not None:
+        if not FileSystems.exists(job.output_dir):
+            FileSystems.mkdirs(job.output_dir)
+        job.spec_out.save(fileio.join(job.output_dir, SPEC_FILE))
+    logging.info("%s", job.spec_note)
+    for report in job.reports:
+        if report.num_skipped:
+            logging.warning("%s", report.summary())
+            for line, reason, detail in report.skipped_lines[:20]:
+                logging.warning("  %s:%d: %s: %s", report.path, line, reason, detail)
     results = {}
-    for level in levels:
-        plan = plan_level(boxes, labels, level, hierarchy, config, (box_report, label_report))
-        labels_json = [{"index": i, "mid": m, "name": classes.name(m)}
+    for level in job.levels:
+        plan = plan_level(job.boxes, job.labels, level, job.hierarchy, job.config, job.reports)
+        labels_json = [{"index": i, "mid": m, "name": job.classes.name(m)}
                        for i, m in enumerate(level.classes)]
-        results[level.name] = run_level(RecordsLayout(FLAGS.output_dir).level(level.index).dir, plan,
-                                        image_dirs, SPLITS, labels_json, make_pipeline, args)
+        results[level.name] = run_level(RecordsLayout(job.output_dir).level(level.index).dir,
+                                        plan, image_dirs, SPLITS, labels_json, job.make_pipeline,
+                                        job.args)
     return results
 
 
-def _quiet_beam() -> None:
-    """Beam's runner and SDK harness log every step at INFO; keep their warnings only.
+def run(argv: list[str]) -> dict:
+    """Checks the flags (unknown ones go to Beam) and makes the records. Returns stats per
+    level. Raises UsageError, InputFileError or FlagError on a refused start (see prepare)."""
+    return execute(prepare(argv))
 
-    DirectRunner workers print our progress lines to the shared stderr
-    themselves, so the runner's protobuf-text copies of them are not needed.
-    """
-    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+
+def _help() -> str:
+    return ("\n\n".join(__doc__.split("\n\n")[:2]) + "\n\n"
+            f"{FLAGS.module_help(__name__)}\n\n"
+            "Any other --flag is an Apache Beam pipeline option (--runner, "
+            "--direct_num_workers, ...).")
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        force=True)  # absl may have configured the root logger already
-    _quiet_beam()
-    results = run(list(argv or sys.argv))
+    argv = list(sys.argv if argv is None else argv)
+    logs.setup(logs.level_from_argv(argv))
+    if any(a in HELP_FLAGS for a in argv[1:]):
+        print(_help())
+        return 0
+    try:
+        job = prepare(argv)
+    except (UsageError, InputFileError, FlagError) as e:
+        return errors.report(e)
+    results = execute(job)
     for name, stats in results.items():
         splits = ", ".join(f"{s} {v['images']} images / {v['boxes']} boxes"
                            for s, v in sorted(stats["splits"].items()))
         print(f"{name}: {splits}; skipped {sum(stats['skipped'].values())} "
               f"{dict(stats['skipped']) or ''}")
     return 0
-

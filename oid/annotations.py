@@ -15,6 +15,9 @@ Source and LabelName, float32 coordinates and confidences, int8 flags (about
 30 bytes a row). Validation runs vectorized on those columns, mostly on the
 categories (1.7M image ids, 500 MIDs) rather than on the rows.
 
+A path ending in .gz is read through gzip; a cut-short or corrupt .gz, or
+bytes that are not UTF-8, raise InputFileError naming the file (and line).
+
 Every problem names the file and the 1-based line (the header is line 1). In
 strict mode (the default) the first problem raises InputFileError; with
 `lenient=True` bad rows are skipped, counted by reason in the returned
@@ -155,9 +158,9 @@ def read_image_labels(
 
 
 def _read_header(path: str) -> list[str]:
-    with fileio.open_file(path, "rb") as f:
+    with fileio.open_maybe_gzip(path, "rb") as f:
         first = f.readline()
-    text = first.decode("utf-8-sig").rstrip("\r\n")
+    text = fileio.decode_utf8(first, path).rstrip("\r\n")
     if not text:
         raise InputFileError(path, 1, "the file is empty; expected a header row")
     return [c.strip().strip('"') for c in text.split(",")]
@@ -167,6 +170,11 @@ def _read(path, columns, required, classes, lenient, boxes, coord_dtype=np.float
           check_duplicates=True):
     path = str(path)
     header = _read_header(path)
+    if not boxes and "XMin" in header:
+        # A box file has every label column (Confidence 1 throughout): read as labels it
+        # would pass, and the real verified-absent labels would silently be missing.
+        raise InputFileError(path, 1, f"has box columns ({', '.join(BOX_COORDS)}): this is a "
+                                      f"box file; image-level labels are {','.join(columns)}")
     missing = [c for c in required if c not in header]
     if missing:
         raise InputFileError(
@@ -182,6 +190,8 @@ def _read(path, columns, required, classes, lenient, boxes, coord_dtype=np.float
     except pa.ArrowInvalid as e:
         # A value that does not convert (a word in a float column, say), or a
         # malformed row in strict mode: find the exact line the slow way.
+        if "UTF8" in str(e):
+            raise fileio.not_utf8_error(path, *fileio.first_non_utf8_line(path)) from None
         if "conversion error" in str(e) or "expected" not in str(e).lower():
             table = None
         else:
@@ -191,7 +201,12 @@ def _read(path, columns, required, classes, lenient, boxes, coord_dtype=np.float
                 f"{_FIXES[MALFORMED]}") from None
     if table is None:
         malformed.clear()
-        table = _arrow_read(path, present, on_invalid_row, typed=False)
+        try:
+            table = _arrow_read(path, present, on_invalid_row, typed=False)
+        except pa.ArrowInvalid as e:
+            if "UTF8" not in str(e):
+                raise
+            raise fileio.not_utf8_error(path, *fileio.first_non_utf8_line(path)) from None
     frame = _to_frame(table, present, columns, typed=table.schema.field("ImageID").type == _DICT,
                       coord_dtype=coord_dtype)
     del table
@@ -237,7 +252,7 @@ def _arrow_read(path, present, on_invalid_row, typed, coord_dtype=np.float32):
     convert = pacsv.ConvertOptions(
         column_types=types, include_columns=present,
         strings_can_be_null=False, quoted_strings_can_be_null=False)
-    with fileio.open_file(path, "rb") as f:
+    with fileio.open_maybe_gzip(path, "rb") as f:
         return pacsv.read_csv(f, read_options=read_opts, parse_options=parse_opts,
                               convert_options=convert)
 
@@ -416,7 +431,7 @@ def _line(row: int, row_to_line: np.ndarray | None) -> int:
 
 
 def _iter_lines(path: str):
-    with fileio.open_file(path, "rb") as f:
+    with fileio.open_maybe_gzip(path, "rb") as f:
         yield from enumerate(f, start=1)
 
 

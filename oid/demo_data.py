@@ -1,6 +1,7 @@
 """A synthetic mini Open Images, in the official files' names and formats.
 
-    python -m oid.demo_data --out DIR [--seed 0] [--images 600] [--test_images 60]
+    python -m oid.demo_data --out DIR [--seed 0] [--images 600] [--test_images 60] \
+        [--jpeg_quality 90]
 
 writes
 
@@ -26,11 +27,18 @@ small objects of one class get one group-of box. Image-level labels verify
 every boxed class present and a few unrelated classes absent. Class
 frequencies are long-tailed so the level split means something. The output is
 a deterministic function of the seed.
+
+Every flag is checked before anything is written (oid.errors: exit status 2
+and one `error: --flag=VALUE: ...` line). Each file is written under a
+temporary name and renamed when complete, and the annotation CSVs come last,
+so an interrupted run never leaves a complete-looking dataset. A folder that
+holds images of another dataset (another seed or more images) is refused:
+mixed with this one's they would be images without labels, or test images
+of another seed.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -44,7 +52,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from oid import ROOT_MID, layout
+from oid import ROOT_MID, errors, fileio, layout
+from oid.errors import UsageError
 from oid.hierarchy import Hierarchy
 
 # (MID, name)
@@ -325,17 +334,65 @@ def label_rows(image_id_: str, present: set[str], rng: np.random.Generator,
     return rows
 
 
+def check_arguments(out: str, seed: int, images: int, test_images: int | None,
+                    quality: int) -> int:
+    """Raises UsageError (naming the flag) for arguments write_dataset cannot use.
+
+    Returns the number of test images (None: a tenth of `images`, at least 1).
+    """
+    for flag, value, low, high, why, example in (
+            ("--seed", seed, 0, None, "numpy seeds are non-negative", 0),
+            ("--images", images, 1, None, "the dataset needs training images", 600),
+            ("--test_images", test_images, 0, None, "a number of images", 60),
+            ("--jpeg_quality", quality, 1, 100, "75-95 is usual", 90)):
+        if value is None:
+            continue
+        bound = f"at least {low}" if high is None else f"in [{low}, {high}]"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(flag, value, f"must be a whole number {bound}; pass e.g. "
+                                          f"{flag}={example}")
+        if value < low or (high is not None and value > high):
+            raise UsageError(flag, value, f"must be {bound} ({why}); pass e.g. {flag}={example}")
+    test_images = max(1, images // 10) if test_images is None else test_images
+    fileio.check_output_dir("--out", out, subdirs=("label", "train", "test"))
+    for split, count in (("train", images), ("test", test_images)):
+        folder = os.path.join(out, split)
+        if not os.path.isdir(folder):
+            continue
+        ours = {f"{image_id(seed, split, i)}.jpg" for i in range(count)}
+        others = [n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg"))
+                  and n not in ours]
+        if others:
+            raise UsageError("--out", out, (
+                f"{folder} holds {len(others)} image(s) that this run (--seed={seed}, "
+                f"--images={images}, --test_images={test_images}) does not write, e.g. "
+                f"{sorted(others)[0]}; they would mix with this dataset: choose a new folder "
+                "or remove the old one"))
+    return test_images
+
+
 def write_dataset(out: str, seed: int = 0, images: int = 600, test_images: int | None = None,
                   quality: int = 90, progress: bool = True) -> dict:
-    """Writes the whole dataset under `out`; returns counts."""
+    """Writes the whole dataset under `out`; returns counts.
+
+    Args:
+      out: the data folder (created if missing).
+      seed: >= 0; the output is a function of it.
+      images: >= 1 training images; test_images: >= 0 (None: images // 10, at least 1).
+      quality: JPEG quality, 1-100.
+      progress: print a progress line to stderr every 200 images.
+    Raises:
+      UsageError (a ValueError) naming the flag of a bad argument, before anything
+      is written.
+    """
+    test_images = check_arguments(out, seed, images, test_images, quality)
     tree = hierarchy()
-    test_images = max(1, images // 10) if test_images is None else test_images
     label_dir = os.path.join(out, "label")
     for d in (label_dir, os.path.join(out, "train"), os.path.join(out, "test")):
         os.makedirs(d, exist_ok=True)
-    with open(os.path.join(label_dir, layout.CLASSES_FILE), "w", newline="") as f:
+    with fileio.atomic_output(os.path.join(label_dir, layout.CLASSES_FILE)) as f:
         csv.writer(f, lineterminator="\n").writerows(CLASSES)
-    with open(os.path.join(label_dir, layout.HIERARCHY_FILE), "w") as f:
+    with fileio.atomic_output(os.path.join(label_dir, layout.HIERARCHY_FILE)) as f:
         json.dump(HIERARCHY_JSON, f, indent=4)
 
     box_lines, label_lines = [BOX_HEADER], [LABEL_HEADER]
@@ -344,7 +401,8 @@ def write_dataset(out: str, seed: int = 0, images: int = 600, test_images: int |
     for split, count in (("train", images), ("test", test_images)):
         for i in range(count):
             iid, img, boxes = render_image(seed, split, i)
-            img.save(os.path.join(out, split, f"{iid}.jpg"), quality=quality)
+            with fileio.atomic_output(os.path.join(out, split, f"{iid}.jpg"), "wb") as f:
+                img.save(f, format="JPEG", quality=quality)
             if split == "train":
                 rows = box_rows(iid, boxes, img.width, img.height)
                 box_lines += rows
@@ -355,27 +413,41 @@ def write_dataset(out: str, seed: int = 0, images: int = 600, test_images: int |
             if progress and (done % 200 == 0 or done == total):
                 rate = done / max(time.monotonic() - t0, 1e-9)
                 print(f"  {done}/{total} images, {rate:.0f}/s", file=sys.stderr)
-    with open(os.path.join(label_dir, layout.TRAIN_BOXES_FILE), "w") as f:
+    # Written last: annotations beside the images mean the images are all there.
+    with fileio.atomic_output(os.path.join(label_dir, layout.TRAIN_BOXES_FILE)) as f:
         f.write("\n".join(box_lines) + "\n")
-    with open(os.path.join(label_dir, layout.TRAIN_LABELS_FILE), "w") as f:
+    with fileio.atomic_output(os.path.join(label_dir, layout.TRAIN_LABELS_FILE)) as f:
         f.write("\n".join(label_lines) + "\n")
     return {"train_images": images, "test_images": test_images,
             "boxes": len(box_lines) - 1, "image_labels": len(label_lines) - 1}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oid.demo_data", description="Write the synthetic mini Open Images.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", required=True, help="output data directory")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images", type=int, default=600, help="training images")
+    """The command; returns its exit status (0, or 2 for a refused start)."""
+    parser = errors.ArgumentParser(
+        prog="python -m oid.demo_data", description="Write the synthetic mini Open Images.")
+    parser.add_argument("--out", required=True,
+                        help="output data folder (created if missing; not one that holds "
+                             "another dataset's images)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0")
+    parser.add_argument("--images", type=int, default=600, help="training images, >= 1")
     parser.add_argument("--test_images", type=int, default=None,
-                        help="unlabelled test images (default: a tenth of --images)")
-    parser.add_argument("--jpeg_quality", type=int, default=90)
+                        help="unlabelled test images, >= 0 (default: a tenth of --images, at "
+                             "least 1)")
+    parser.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-100")
     args = parser.parse_args(argv)
+    try:
+        check_arguments(args.out, args.seed, args.images, args.test_images, args.jpeg_quality)
+    except UsageError as e:
+        return errors.report(e)
     print(f"writing the demo dataset to {args.out} (seed {args.seed})", file=sys.stderr)
-    counts = write_dataset(args.out, args.seed, args.images, args.test_images, args.jpeg_quality)
+    try:
+        counts = write_dataset(args.out, args.seed, args.images, args.test_images,
+                               args.jpeg_quality)
+    except OSError as e:  # a full disk, say: no half-written file is left under its name
+        print(f"error: {e.filename or args.out}: cannot be written ({e.strerror or e}); free "
+              "space or choose another --out, then run again", file=sys.stderr)
+        return 1
     print(f"{counts['train_images']} train images, {counts['test_images']} test images, "
           f"{counts['boxes']} boxes, {counts['image_labels']} image-level labels in {args.out}")
     return 0

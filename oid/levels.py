@@ -20,27 +20,34 @@ k of level N:
 A class's level-local index is its position in `classes` (0-based).
 
     python -m oid.levels --data_dir D [--level_sizes 100,150] [--out levels.json]
+
+levels_from_boxes is that command as a function: the records job calls it
+(with the defaults) when it is given no spec, so its levels are the ones the
+command would have written.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from oid import fileio
+from oid import errors, fileio
 from oid.annotations import read_boxes
 from oid.classes import ClassTable, load_classes
-from oid.hierarchy import load_hierarchy
+from oid.errors import InputFileError, UsageError
+from oid.hierarchy import Hierarchy, load_hierarchy
 from oid.layout import DataLayout
 
 SPEC_VERSION = 1
 KINDS = ("count", "hard", "parents")
+DEFAULT_LEVEL_SIZES = (100, 150)  # the command's --level_sizes; the records job uses them too
+SPEC_FIX = "make the spec with python -m oid.levels (see docs/data.md#levels)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +107,70 @@ class LevelSpec:
 
     @classmethod
     def from_json(cls, obj: Mapping) -> LevelSpec:
+        """The spec of a parsed levels.json; ValueError saying what is wrong with it."""
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"expected a JSON object, found {type(obj).__name__}")
         if obj.get("version") != SPEC_VERSION:
             raise ValueError(f"level spec version {obj.get('version')!r}, expected {SPEC_VERSION}")
-        return cls(tuple(Level(int(d["index"]), d["kind"], tuple(d["classes"]))
-                         for d in obj["levels"]))
+        entries = obj.get("levels")
+        if not isinstance(entries, list) or not entries:
+            raise ValueError("'levels' must be a non-empty list")
+        levels = []
+        for k, d in enumerate(entries, start=1):
+            if not isinstance(d, Mapping) or not {"index", "kind", "classes"} <= set(d):
+                raise ValueError(f"level entry {k} needs 'index', 'kind' and 'classes'")
+            mids = d["classes"]
+            if not isinstance(mids, list) or not all(isinstance(m, str) for m in mids):
+                raise ValueError(f"level entry {k}: 'classes' must be a list of MIDs")
+            if not isinstance(d["index"], int) or isinstance(d["index"], bool):
+                raise ValueError(f"level entry {k}: 'index' must be an integer")
+            levels.append(Level(d["index"], d["kind"], tuple(mids)))
+        return cls(tuple(levels))
 
     def save(self, path: str) -> None:
-        with fileio.open_file(path, "w") as f:
+        """Writes the spec as JSON; a complete file or none under `path`."""
+        with fileio.atomic_output(path, "w") as f:
             json.dump(self.to_json(), f, indent=1)
             f.write("\n")
 
     @classmethod
     def load(cls, path: str) -> LevelSpec:
-        return cls.from_json(json.loads(fileio.read_text(path)))
+        """Reads a spec; InputFileError naming the file (and line) for anything wrong with it."""
+        try:
+            text = fileio.read_text(path)
+        except OSError as e:
+            raise InputFileError(path, None, f"cannot be read ({e.strerror or e}); "
+                                             "check the path") from None
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InputFileError(path, e.lineno, f"not valid JSON: {e.msg}; {SPEC_FIX}") from None
+        try:
+            return cls.from_json(obj)
+        except ValueError as e:
+            raise InputFileError(path, None, f"not a level spec: {e}; {SPEC_FIX}") from None
+
+    def check_classes(self, classes: ClassTable, path: str, classes_path: str) -> None:
+        """Raises InputFileError naming `path` and the line of the first class of the spec
+        that is not in the class table (a spec made for other data)."""
+        for level in self.levels:
+            for mid in level.classes:
+                if mid not in classes:
+                    raise InputFileError(
+                        path, _line_of(path, json.dumps(mid)),
+                        f"class {mid} of level {level.index} is not in the class table "
+                        f"{classes_path}; the spec was made for other data: make one for "
+                        "this data with python -m oid.levels, or fix the MID")
+
+
+def _line_of(path: str, needle: str) -> int | None:
+    """1-based line of the first occurrence of `needle` in the text file `path`, or None."""
+    try:
+        text = fileio.read_text(path)
+    except (OSError, ValueError):
+        return None
+    at = text.find(needle)
+    return text.count("\n", 0, at) + 1 if at >= 0 else None
 
 
 def rank_classes(box_counts: Mapping[str, int], all_classes: Sequence[str] = ()) -> list[str]:
@@ -171,6 +229,105 @@ def make_levels(
                            for i, (kind, mids) in enumerate(g for g in groups if g[1])))
 
 
+def box_counts(boxes: pd.DataFrame) -> dict[str, int]:
+    """MID -> number of boxes, for the classes with at least one.
+
+    Args:
+      boxes: a frame from oid.annotations.read_boxes (categorical LabelName).
+    """
+    counts = boxes["LabelName"].value_counts()
+    return {str(m): int(n) for m, n in counts.items() if n}
+
+
+def parent_classes(classes: ClassTable, hierarchy: Hierarchy) -> list[str]:
+    """The classes of the table that have Subcategory children, in table order."""
+    return [m for m in classes.mids if m in hierarchy and not hierarchy.is_leaf(m)]
+
+
+def levels_from_boxes(
+    boxes: pd.DataFrame,
+    classes: ClassTable,
+    hierarchy: Hierarchy | None = None,
+    level_sizes: Sequence[int] = DEFAULT_LEVEL_SIZES,
+    hard_classes: Sequence[str] = (),
+    parents_level: bool = False,
+) -> LevelSpec:
+    """The levels `python -m oid.levels` makes from a data directory's tables.
+
+    Every class of the table is placed (those without boxes rank last).
+
+    Args:
+      boxes: the training boxes (oid.annotations.read_boxes).
+      classes: the class table.
+      hierarchy: needed only for `parents_level`.
+      level_sizes, hard_classes: as in make_levels.
+      parents_level: put the classes with Subcategory children in a level of their own.
+    """
+    if parents_level and hierarchy is None:
+        raise ValueError("parents_level needs the hierarchy")
+    parents = parent_classes(classes, hierarchy) if parents_level else []
+    return make_levels(box_counts(boxes), level_sizes, all_classes=classes.mids,
+                       hard_classes=hard_classes, parent_classes=parents)
+
+
+def parse_level_sizes(text: str, flag: str = "--level_sizes") -> list[int]:
+    """"100,150" -> [100, 150]; UsageError naming `flag` unless every size is a positive int."""
+    sizes = []
+    for part in _mids(text):
+        try:
+            size = int(part)
+        except ValueError:
+            raise UsageError(flag, text, f"{part!r} is not a whole number; pass comma-separated "
+                                         "class counts, e.g. 100,150") from None
+        if size <= 0:
+            raise UsageError(flag, text, f"sizes must be at least 1, got {size}; pass "
+                                         "comma-separated class counts, e.g. 100,150")
+        sizes.append(size)
+    return sizes
+
+
+def check_mids(flag: str, text: str, classes: ClassTable, classes_path: str) -> list[str]:
+    """The comma-separated MIDs of a flag; UsageError naming it for one not in the table."""
+    mids = _mids(text)
+    unknown = [m for m in mids if m not in classes]
+    if unknown:
+        raise UsageError(flag, text, f"{', '.join(unknown)} not in the class table "
+                                     f"{classes_path}; pass MIDs (/m/...) from its first column")
+    return mids
+
+
+def check_data_dir(data_dir: str, files: Sequence[str] = (), folders: Sequence[str] = (),
+                   flag: str = "--data_dir") -> None:
+    """UsageError naming `flag` unless `data_dir` is a folder holding `files` and `folders`.
+
+    Args:
+      files, folders: paths inside data_dir (as DataLayout gives them) that must exist.
+    Remote (gs://) directories are not checked here; reading them reports their errors.
+    """
+    data_dir = str(data_dir)
+    layout_fix = "pass the folder laid out as docs/data.md shows (label/, train/, test/)"
+    if not data_dir:
+        raise UsageError(flag, data_dir, f"the path is empty; {layout_fix}")
+    if "://" in data_dir:
+        return
+    if not os.path.exists(data_dir):
+        raise UsageError(flag, data_dir, f"no such folder; {layout_fix}")
+    if not os.path.isdir(data_dir):
+        raise UsageError(flag, data_dir, f"is a file, not a folder; {layout_fix}")
+    for path in files:
+        rel = os.path.relpath(path, data_dir)
+        if os.path.isdir(path) or not os.path.exists(path):
+            what = "a folder, not a file" if os.path.isdir(path) else "missing"
+            raise UsageError(flag, data_dir, f"{rel} is {what}; {layout_fix}")
+        if not os.access(path, os.R_OK):
+            raise UsageError(flag, data_dir, f"{rel} cannot be read (permission denied); check "
+                                             "its permissions")
+    for path in folders:
+        if not os.path.isdir(path):
+            raise UsageError(flag, data_dir, f"no {os.path.relpath(path, data_dir)}/ folder in "
+                                             f"it; {layout_fix}")
+
+
 def level_table(spec: LevelSpec, boxes: pd.DataFrame) -> pd.DataFrame:
     """Per level: classes, images (with a box of the level), boxes, boxes per image.
 
@@ -225,7 +382,7 @@ def plot_levels(spec: LevelSpec, box_counts: Mapping[str, int], path: str,
     ax.set_xlabel("class (ranked by training boxes within each level)")
     ax.set_ylabel("training boxes")
     fig.tight_layout()
-    with fileio.open_file(path, "wb") as f:
+    with fileio.atomic_output(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
 
@@ -235,40 +392,52 @@ def _mids(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m oid.levels", description="Split classes into levels by box count.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The command; bad flags and input files end in one `error: ...` line, exit status 2."""
+    parser = errors.ArgumentParser(
+        prog="python -m oid.levels", description="Split classes into levels by box count.")
     parser.add_argument("--data_dir", required=True, help="official layout: label/, train/")
-    parser.add_argument("--level_sizes", default="100,150",
+    parser.add_argument("--level_sizes", default=",".join(map(str, DEFAULT_LEVEL_SIZES)),
                         help="comma-separated sizes of the first count levels; the rest form "
                              "one more level")
     parser.add_argument("--hard_classes", default="", help="comma-separated MIDs for a hard level")
     parser.add_argument("--parents_level", action="store_true",
                         help="put every class with Subcategory children in its own level")
-    parser.add_argument("--out", default=None, help="level spec JSON (default DATA_DIR/levels.json)")
+    parser.add_argument("--out", default=None,
+                        help="level spec JSON (default DATA_DIR/levels.json)")
     parser.add_argument("--plot", default=None,
                         help="bar chart PNG (default next to --out, levels.png)")
     parser.add_argument("--lenient", action="store_true", help="skip and count bad CSV rows")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (UsageError, InputFileError) as e:
+        return errors.report(e)
 
+
+def _run(args) -> int:
     layout = DataLayout(args.data_dir)
+    check_data_dir(args.data_dir, [layout.classes, layout.train_boxes]
+                   + ([layout.hierarchy] if args.parents_level else []))
+    level_sizes = parse_level_sizes(args.level_sizes)
+    out = args.out or fileio.join(args.data_dir, "levels.json")
+    plot = args.plot or (out.rsplit("/", 1)[0] + "/levels.png" if "/" in out else "levels.png")
+    inputs = {"label/ class table": layout.classes, "label/ box CSV": layout.train_boxes}
+    fileio.check_output_file("--out", out, inputs)
+    fileio.check_output_file("--plot", plot, {**inputs, "--out": out})
+    if os.path.abspath(plot) == os.path.abspath(out):
+        raise UsageError("--plot", plot, "is the --out file; give the chart another name")
     classes = load_classes(layout.classes)
-    hierarchy = load_hierarchy(layout.hierarchy)
+    hard = check_mids("--hard_classes", args.hard_classes, classes, layout.classes)
+    hierarchy = load_hierarchy(layout.hierarchy) if args.parents_level else None
+
     print(f"reading {layout.train_boxes} ...", file=sys.stderr)
     boxes, report = read_boxes(layout.train_boxes, classes, lenient=args.lenient)
     if report.num_skipped:
         print(report.summary(), file=sys.stderr)
-    counts = boxes["LabelName"].value_counts()
-    box_counts = {m: int(n) for m, n in counts.items() if n}
-    parents = [m for m in classes.mids if m in hierarchy and not hierarchy.is_leaf(m)] \
-        if args.parents_level else []
-    spec = make_levels(box_counts, [int(s) for s in _mids(args.level_sizes)],
-                       all_classes=classes.mids, hard_classes=_mids(args.hard_classes),
-                       parent_classes=parents)
-    out = args.out or fileio.join(args.data_dir, "levels.json")
-    plot = args.plot or (out.rsplit("/", 1)[0] + "/levels.png" if "/" in out else "levels.png")
+    spec = levels_from_boxes(boxes, classes, hierarchy, level_sizes, hard, args.parents_level)
+    counts = box_counts(boxes)
     spec.save(out)
-    plot_levels(spec, box_counts, plot, classes)
+    plot_levels(spec, counts, plot, classes)
 
     table = level_table(spec, boxes)
     print(f"{'level':>5} {'kind':<8} {'classes':>7} {'images':>9} {'boxes':>10} {'boxes/img':>9}")
@@ -276,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{r.level:>5} {r.kind:<8} {r.classes:>7} {r.images:>9} {r.boxes:>10} "
               f"{r.boxes_per_image:>9.2f}")
     for level in spec.levels:
-        shown = ", ".join(f"{classes.name(m)} ({box_counts.get(m, 0)})" for m in level.classes[:8])
+        shown = ", ".join(f"{classes.name(m)} ({counts.get(m, 0)})" for m in level.classes[:8])
         more = f", ... {len(level.classes) - 8} more" if len(level.classes) > 8 else ""
         print(f"  {level.name}: {shown}{more}")
     print(f"wrote {out} and {plot}")

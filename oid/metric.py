@@ -48,12 +48,21 @@ Two ways in:
   * `python -m oid.metric --boxes ... --predictions SUBMISSION.csv`, the
     replacement for the reference's oid_challenge_evaluation.py. The file is
     read by oid.submission.read_submission, beside the writer of the format.
+
+The command is stricter than the evaluator API about its input, as a file
+format should be: a submission's scores must lie in [0, 1] and its boxes have
+min <= max (the API, like the reference, takes any finite score and drops
+min >= max, §4); either is a malformed detection, named by file, line and
+ImageId, or skipped and counted with --lenient. Bad input ends in one
+`error: ...` line and exit status 2 (oid.errors); ground-truth images that the
+submission has no row for are counted in a warning and in the JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -64,12 +73,18 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from oid import fileio
+from oid import errors, fileio
 from oid.annotations import read_boxes, read_image_labels
 from oid.classes import ClassTable, load_classes
 from oid.errors import InputFileError
 from oid.hierarchy import Hierarchy, load_hierarchy
-from oid.submission import Submission, SubmissionReport, ragged_arange, read_submission
+from oid.submission import (
+    ROW_REASONS,
+    Submission,
+    SubmissionReport,
+    ragged_arange,
+    read_submission,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +360,35 @@ class OIDChallengeEvaluator:
                            submission.scores))
         self._grow_flags()
         return int((~self._is_gt_image[rows]).sum())
+
+    def ground_truth_images_missing(self, image_ids: ArrayLike,
+                                    limit: int = 5) -> tuple[int, list[object]]:
+        """The ground-truth images that `image_ids` does not list.
+
+        Their ground truth still counts (the reference's rule), as an image
+        with no detections: recall, and so the mAP, drop.
+
+        Args:
+          image_ids: [R] the images of a submission (its rows).
+          limit: at most this many of the missing ids are returned.
+        Returns:
+          (how many ground-truth images are missing, the first `limit` of them
+          in the order their ground truth was added).
+        """
+        ids = np.asarray(image_ids, object).ravel()
+        codes = self._image_codes(ids, len(ids))
+        self._grow_flags()
+        listed = np.zeros(len(self._is_gt_image), bool)
+        listed[codes] = True
+        missing = np.flatnonzero(self._is_gt_image & ~listed)
+        first = missing[:max(limit, 0)]
+        if not len(first):
+            return len(missing), []
+        wanted = set(first.tolist())
+        # Codes number the images in order of addition, the order the dict keeps.
+        images = itertools.islice(self._image_index, int(first[-1]) + 1)
+        examples = [image for code, image in enumerate(images) if code in wanted]
+        return len(missing), examples
 
     def _add_boxes(self, images, classes, boxes, group) -> None:
         self._mark_ground_truth(images)
@@ -706,23 +750,33 @@ def _overlap(det, gt, ioa: bool) -> np.ndarray:
 # -- the command -----------------------------------------------------------------------
 
 
-def evaluate_files(
-    boxes_path: str,
-    labels_path: str,
-    classes: ClassTable,
-    hierarchy: Hierarchy | None,
-    predictions_path: str,
-    *,
-    lenient: bool = False,
-) -> tuple[MetricResult, SubmissionReport]:
-    """Scores a submission file against ground-truth CSVs.
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    """How a submission's rows meet the ground truth's images.
+
+    Attributes:
+      rows_without_ground_truth: submission rows whose image has no ground
+        truth (their detections are ignored).
+      images_without_row: ground-truth images the submission has no row for
+        (their ground truth counts with no detections, lowering the mAP).
+      examples_without_row: the first (up to 5) of those ImageIds.
+    """
+
+    rows_without_ground_truth: int
+    images_without_row: int
+    examples_without_row: tuple[str, ...] = ()
+
+
+def load_ground_truth(boxes_path: str, labels_path: str, classes: ClassTable,
+                      hierarchy: Hierarchy | None) -> OIDChallengeEvaluator:
+    """An evaluator holding the ground truth of two official CSVs, expanded along `hierarchy`.
 
     Args:
-      boxes_path, labels_path: official box and image-level label CSVs.
+      boxes_path, labels_path: official box and image-level label CSVs (.gz: gzipped).
       classes: the class list.
       hierarchy: expand the ground truth along it; None when it is expanded already.
-      predictions_path: a Kaggle submission (see oid.submission.read_submission).
-      lenient: skip and count malformed predictions (ground truth is always strict).
+    Raises:
+      InputFileError naming the file (and line) of the first problem.
     """
     # float64 coordinates: the reference computes IoU from the CSV's decimal
     # values, and float32 rounding moves IoUs that sit exactly on 0.5.
@@ -733,13 +787,36 @@ def evaluate_files(
     for path, frame in ((boxes_path, boxes), (labels_path, labels)):
         _check_expandable(evaluator, path, frame)
     evaluator.add_ground_truth_frames(boxes, labels)
-    del boxes, labels
+    return evaluator
+
+
+def evaluate_files(
+    boxes_path: str,
+    labels_path: str,
+    classes: ClassTable,
+    hierarchy: Hierarchy | None,
+    predictions_path: str,
+    *,
+    lenient: bool = False,
+) -> tuple[MetricResult, SubmissionReport, Coverage]:
+    """Scores a submission file against ground-truth CSVs.
+
+    Args:
+      boxes_path, labels_path: official box and image-level label CSVs.
+      classes: the class list.
+      hierarchy: expand the ground truth along it; None when it is expanded already.
+      predictions_path: a Kaggle submission (see oid.submission.read_submission).
+      lenient: skip and count malformed predictions (ground truth is always strict).
+    Returns:
+      The metric, what the reader kept and skipped, and how the submission's
+      rows cover the ground truth's images.
+    """
+    evaluator = load_ground_truth(boxes_path, labels_path, classes, hierarchy)
     submission, report = read_submission(predictions_path, classes, lenient=lenient)
     unmatched = evaluator.add_submission(submission)
-    if unmatched:
-        logger.warning("%d of the %d submission rows are images without ground truth (ignored)",
-                       unmatched, len(submission.image_ids))
-    return evaluator.evaluate(), report
+    missing, examples = evaluator.ground_truth_images_missing(submission.image_ids)
+    coverage = Coverage(unmatched, missing, tuple(str(e) for e in examples))
+    return evaluator.evaluate(), report, coverage
 
 
 def _check_expandable(evaluator: OIDChallengeEvaluator, path: str, frame: pd.DataFrame) -> None:
@@ -774,54 +851,133 @@ def format_table(result: MetricResult, classes: ClassTable) -> str:
     return "\n".join(lines)
 
 
+_INPUT_FLAGS = ("boxes", "labels", "classes", "hierarchy", "predictions")
+_FORMATS = {  # what each input flag takes, for errors that do not say it themselves
+    "classes": "--classes takes the class list CSV (MID,DisplayName rows, no header)",
+    "hierarchy": "--hierarchy takes the nested JSON of LabelName/Subcategory/Part nodes "
+                 "(challenge-2019-label500-hierarchy.json)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """The command; returns its exit status (0, or 2 for a refused start or bad input)."""
+    parser = errors.ArgumentParser(
         prog="python -m oid.metric",
         description="Open Images Challenge 2019 detection metric (mAP@0.5) of a Kaggle "
-                    "submission; prints one JSON object.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "submission; prints one JSON object. Bad input stops with one "
+                    "'error: ...' line naming the flag or file, and exit status 2.")
     parser.add_argument("--boxes", required=True,
                         help="ground-truth box CSV "
-                             "(ImageID,LabelName,XMin,XMax,YMin,YMax,IsGroupOf,...)")
+                             "(ImageID,LabelName,XMin,XMax,YMin,YMax,IsGroupOf,...; .gz: gzipped)")
     parser.add_argument("--labels", required=True,
                         help="ground-truth image-level label CSV "
-                             "(ImageID,Source,LabelName,Confidence)")
+                             "(ImageID,Source,LabelName,Confidence; .gz: gzipped)")
     parser.add_argument("--hierarchy", default=None,
                         help="class hierarchy JSON (needed unless --no-expand)")
     parser.add_argument("--classes", required=True,
                         help="class list CSV: MID,DisplayName, no header")
     parser.add_argument("--predictions", required=True,
                         help="Kaggle submission CSV: ImageId,PredictionString (.gz: gzipped)")
-    parser.add_argument("--output", default=None, help="also write the JSON to this file")
-    parser.add_argument("--no-expand", dest="expand", action="store_false",
-                        help="the ground truth is already expanded along the hierarchy")
+    parser.add_argument("--output", default=None,
+                        help="also write the JSON to this file (written whole or not at all)")
+    parser.add_argument("--expand", action=argparse.BooleanOptionalAction, default=True,
+                        help="expand the ground truth along --hierarchy, as the challenge does; "
+                             "--no-expand when the CSVs are expanded already")
     parser.add_argument("--lenient", action="store_true",
-                        help="skip and count malformed predictions instead of stopping at the "
-                             "first")
+                        help="skip and count malformed predictions (reported on stderr and in "
+                             "the JSON) instead of stopping at the first")
     args = parser.parse_args(argv)
     if args.expand and not args.hierarchy:
         parser.error("--hierarchy is needed to expand the ground truth (or pass --no-expand)")
 
+    # Every flag is checked before anything is read, so a typo costs no minutes of parsing.
+    inputs = {f"--{k}": getattr(args, k) for k in _INPUT_FLAGS if getattr(args, k) is not None}
     try:
-        classes = load_classes(args.classes)
-        hierarchy = load_hierarchy(args.hierarchy) if args.expand else None
-        result, report = evaluate_files(args.boxes, args.labels, classes, hierarchy,
-                                        args.predictions, lenient=args.lenient)
+        for flag, path in inputs.items():
+            fileio.check_input_file(flag, path)
+        if args.output is not None:
+            fileio.check_output_file("--output", args.output, inputs)
+    except errors.UsageError as e:
+        return errors.report(e)
+    if args.hierarchy and not args.expand:
+        _warn(f"--hierarchy={args.hierarchy} is not read: --no-expand takes the ground truth as "
+              "expanded already")
+
+    try:
+        classes = _load("classes", args.classes, load_classes)
+        hierarchy = _load("hierarchy", args.hierarchy, load_hierarchy) if args.expand else None
+        result, report, coverage = evaluate_files(args.boxes, args.labels, classes, hierarchy,
+                                                  args.predictions, lenient=args.lenient)
     except InputFileError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return errors.report(e)
+    except OSError as e:  # a file that vanished or turned unreadable since the checks
+        where = e.filename or "an input file"
+        return errors.report(f"{where}: cannot be read ({e.strerror or e}); check the file and "
+                             "run again")
+
     if report.skipped:
         print(report.summary(), file=sys.stderr)
         for line, reason, detail in report.skipped_lines[:10]:
             print(f"  {report.path}:{line}: {reason}: {detail}", file=sys.stderr)
-    text = json.dumps(result.to_json(), allow_nan=False)
-    print(text)
+    _warn_coverage(coverage, report.rows, result)
+    output = {**result.to_json(), "submission": _submission_json(report, coverage)}
+    text = json.dumps(output, allow_nan=False)
     if args.output:
-        with fileio.open_file(args.output, "w") as f:
-            f.write(text + "\n")
+        try:
+            with fileio.atomic_output(args.output) as f:
+                f.write(text + "\n")
+        except OSError as e:
+            print(f"error: --output={args.output}: cannot be written ({e.strerror or e}); "
+                  "choose another path", file=sys.stderr)
+            return 1
+    print(text)
     if sys.stderr.isatty():
         print(format_table(result, classes), file=sys.stderr)
     return 0
+
+
+def _load(name: str, path: str, loader):
+    """loader(path), its errors completed with what the flag takes when they do not say it."""
+    try:
+        return loader(path)
+    except InputFileError as e:
+        if "; " in e.problem:
+            raise
+        raise InputFileError(e.path, e.line, f"{e.problem}; {_FORMATS[name]}") from None
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _warn_coverage(coverage: Coverage, rows: int, result: MetricResult) -> None:
+    """Warns of submission rows without ground truth and ground-truth images without a row."""
+    if coverage.rows_without_ground_truth:
+        _warn(f"{coverage.rows_without_ground_truth} of the {rows} submission rows are images "
+              "without ground truth; their detections are ignored")
+    if coverage.images_without_row:
+        shown = ", ".join(coverage.examples_without_row)
+        more = ", ..." if coverage.images_without_row > len(coverage.examples_without_row) else ""
+        _warn(f"the submission has no row for {coverage.images_without_row} of the "
+              f"{result.num_images} ground-truth images ({shown}{more}); their ground truth "
+              "counts with no detections, which lowers the mAP: check that the submission is "
+              "for this ground truth")
+    if result.mean_ap is None:
+        _warn("no class of the class list has ground-truth boxes, so there is no mAP (null)")
+
+
+def _submission_json(report: SubmissionReport, coverage: Coverage) -> dict:
+    """The "submission" part of the command's JSON: what was read, skipped and left out."""
+    return {
+        "path": report.path,
+        "rows": report.rows,
+        "detections": report.detections,
+        "skipped_rows": {r: n for r, n in sorted(report.skipped.items()) if r in ROW_REASONS},
+        "skipped_detections": {r: n for r, n in sorted(report.skipped.items())
+                               if r not in ROW_REASONS},
+        "rows_without_ground_truth": coverage.rows_without_ground_truth,
+        "ground_truth_images_without_row": coverage.images_without_row,
+    }
 
 
 if __name__ == "__main__":

@@ -51,6 +51,12 @@ HEADER = "ImageId,PredictionString"
 _BAD_ID_CHARACTER = re.compile(r'[,"\s]')  # would break the CSV row or the token split
 
 
+def is_valid_image_id(image_id: str) -> bool:
+    """Whether `image_id` can be a submission's ImageId: not empty, no comma, quote or
+    whitespace (they would break the CSV row or the split of the PredictionString)."""
+    return bool(image_id) and not _BAD_ID_CHARACTER.search(image_id)
+
+
 # -- detections of one image -----------------------------------------------------------------
 
 
@@ -588,7 +594,7 @@ class SubmissionWriter:
         if self._expected is not None and image_id not in self._expected_set:
             raise ValueError(f"{self.path}: ImageId {image_id!r} is not among the "
                              f"{len(self._expected)} expected image ids")
-        if not image_id or _BAD_ID_CHARACTER.search(image_id):
+        if not is_valid_image_id(image_id):
             raise ValueError(f"{self.path}: ImageId {image_id!r} is empty or has a comma, quote "
                              "or whitespace")
         if len(dets) and not (np.isfinite(dets.boxes).all() and np.isfinite(dets.scores).all()):
@@ -775,6 +781,8 @@ BAD_TOKEN_COUNT = "bad_token_count"  # tokens not in groups of six
 BAD_NUMBER = "bad_number"  # a score or coordinate that is not a finite number
 UNKNOWN_MID = "unknown_mid"  # a LabelName not in the class list
 COORD_OUT_OF_RANGE = "coordinate_out_of_range"  # a coordinate outside [0, 1]
+SCORE_OUT_OF_RANGE = "score_out_of_range"  # a score outside [0, 1]
+MIN_GT_MAX = "min_greater_than_max"  # XMin > XMax or YMin > YMax (the name the GT reader uses)
 # Counted in rows; the other reasons are counted in detections.
 ROW_REASONS = (MALFORMED_ROW, DUPLICATE_IMAGE, BAD_TOKEN_COUNT)
 
@@ -785,6 +793,9 @@ _FIXES = {
     BAD_NUMBER: "scores and coordinates are finite decimal numbers",
     UNKNOWN_MID: "use MIDs of the class list (--classes)",
     COORD_OUT_OF_RANGE: "coordinates are normalized to [0, 1]",
+    SCORE_OUT_OF_RANGE: "scores are confidences in [0, 1]",
+    MIN_GT_MAX: "a detection is LabelName Score XMin YMin XMax YMax, with XMin <= XMax and "
+                "YMin <= YMax",
 }
 _PREDICTION_FIELDS = ("Score", "XMin", "YMin", "XMax", "YMax")  # Kaggle order after LabelName
 _NUMBER = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
@@ -867,9 +878,10 @@ def read_submission(path: str, classes: ClassTable, *,
     """Reads a Kaggle submission (`ImageId,PredictionString`), plain or gzipped (`.gz`).
 
     A PredictionString is whitespace-separated groups of
-    `LabelName Score XMin YMin XMax YMax` (normalized); empty means no
-    detections. Boxes with min >= max are kept here (the metric drops them).
-    Vectorized: the tokens never become Python objects.
+    `LabelName Score XMin YMin XMax YMax` (score and coordinates in [0, 1]);
+    empty means no detections. A box with min == max (no area) is kept here
+    (the metric drops it); min > max is a malformed detection. Vectorized: the
+    tokens never become Python objects.
 
     Returns:
       The Submission (boxes [N, 4] float64 (ymin, xmin, ymax, xmax), labels as
@@ -877,9 +889,12 @@ def read_submission(path: str, classes: ClassTable, *,
     Raises:
       InputFileError naming the line and ImageId of the first problem: a token
       count that is not a multiple of six, a score or coordinate that is not a
-      finite number, a MID not in `classes`, a coordinate outside [0, 1], a
-      repeated ImageId, a malformed CSV row. With `lenient`, such rows or
-      detections are skipped and counted in the report instead.
+      finite number, a MID not in `classes`, a coordinate or score outside
+      [0, 1], XMin > XMax or YMin > YMax, a repeated ImageId, a malformed CSV
+      row. With `lenient`, such rows or detections are skipped and counted in
+      the report instead. A file that cannot be read to its end (a cut-short
+      .gz, bytes that are not UTF-8) or that has no header is an error even
+      with `lenient`: what it holds past the damage is unknowable.
     """
     path = str(path)
     return _validate_submission(_parse(path, lenient), classes, lenient, SubmissionReport(path))
@@ -1067,7 +1082,9 @@ def _parse_general(path: str, lenient: bool) -> _Parsed:
                     column_types={c: pa.string() for c in (id_column, "PredictionString")},
                     include_columns=[id_column, "PredictionString"],
                     strings_can_be_null=False, quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid:
+    except pa.ArrowInvalid as e:
+        if "UTF8" in str(e):
+            raise fileio.not_utf8_error(path, *fileio.first_non_utf8_line(path)) from None
         line, text = next(((n, t) for n, t, ok in _scan_rows(path, num_fields) if not ok),
                           (None, ""))
         raise InputFileError(path, line, f"{MALFORMED_ROW}: {text!r} does not have the "
@@ -1107,18 +1124,25 @@ def _parse_general(path: str, lenient: bool) -> _Parsed:
 def _header(path: str) -> tuple[str, int]:
     """The ImageId column's name (ImageId or ImageID) and the number of header fields."""
     with fileio.open_maybe_gzip(path, "rb") as f:
-        first = f.readline().decode("utf-8-sig").rstrip("\r\n")
+        raw = f.readline()
+    if not raw:
+        raise InputFileError(path, None, f"the file is empty; a submission starts with the "
+                                         f"header {HEADER}")
+    first = fileio.decode_utf8(raw, path).rstrip("\r\n")
     header = [h.strip() for h in next(csv.reader([first]), [])]
     id_column = next((h for h in ("ImageId", "ImageID") if h in header), None)
     if id_column is None or "PredictionString" not in header:
         raise InputFileError(path, 1, f"expected the header {HEADER}, found "
-                                      f"{','.join(header) or 'an empty line'}")
+                                      f"{','.join(header) or 'an empty line'}; a submission "
+                                      "is a CSV file with that header")
     return id_column, len(header)
 
 
 def _scan_rows(path: str, num_fields: int):
     """(first line, text, well-formed) of every non-blank data row, as Arrow counts them."""
-    with fileio.open_maybe_gzip(path, "r") as f:
+    # Bytes that are not UTF-8 were reported already where they matter (Arrow's
+    # string columns); here they only need to keep their line.
+    with fileio.open_maybe_gzip(path, "r", errors="replace") as f:
         reader = csv.reader(f)
         last = 0
         for index, fields in enumerate(reader):
@@ -1143,6 +1167,10 @@ def _validate_submission(parsed: _Parsed, classes: ClassTable | None, lenient: b
     finite = np.isfinite(numbers)
     all_finite = finite.all(axis=0)
     outside = finite[1:] & ((numbers[1:] < 0) | (numbers[1:] > 1))
+    score_outside = finite[0] & ((numbers[0] < 0) | (numbers[0] > 1))
+    # Rows of `numbers`: 1 YMin, 2 XMin, 3 YMax, 4 XMax. NaN compares False (a bad_number).
+    x_flipped = numbers[2] > numbers[4]
+    flipped = x_flipped | (numbers[1] > numbers[3])
 
     def detail(reason: str, r: int, d: int) -> str:
         if reason == BAD_TOKEN_COUNT:
@@ -1156,6 +1184,11 @@ def _validate_submission(parsed: _Parsed, classes: ClassTable | None, lenient: b
             text = parsed.bad_tokens.get((d, k))
             value = repr(text) if text is not None else str(numbers[k, d])
             return f"{_ROWS[k]} {value} is not a finite number"
+        if reason == SCORE_OUT_OF_RANGE:
+            return f"Score={numbers[0, d]:g} is outside [0, 1]"
+        if reason == MIN_GT_MAX:
+            lo, hi = (2, 4) if x_flipped[d] else (1, 3)
+            return f"{_ROWS[lo]}={numbers[lo, d]:g} > {_ROWS[hi]}={numbers[hi, d]:g}"
         k = int(np.argmax(outside[:, d])) + 1
         return f"{_ROWS[k]}={numbers[k, d]:g} is outside [0, 1]"
 
@@ -1184,7 +1217,8 @@ def _validate_submission(parsed: _Parsed, classes: ClassTable | None, lenient: b
     remaining = row_ok[row]
     bad_det = {}
     for reason, mask in ((BAD_NUMBER, ~all_finite), (UNKNOWN_MID, labels < 0),
-                         (COORD_OUT_OF_RANGE, outside.any(axis=0))):
+                         (COORD_OUT_OF_RANGE, outside.any(axis=0)),
+                         (SCORE_OUT_OF_RANGE, score_outside), (MIN_GT_MAX, flipped)):
         bad_det[reason] = mask & remaining
         remaining &= ~mask
 

@@ -4,6 +4,9 @@ import csv
 import glob
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,13 +15,15 @@ from apache_beam.testing import test_pipeline
 
 from beam_jobs import make_records
 from beam_jobs.plan import PlanConfig, plan_level
-from oid import split
+from oid import demo_data, levels, split
 from oid.annotations import read_boxes, read_image_labels
 from oid.classes import load_classes
 from oid.hierarchy import load_hierarchy
+from oid.levels import LevelSpec
 from tests.beam_jobs import fixtures as fx
 from tfrecords.decode import decode_example
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = {"max_side": 256, "jpeg_quality": 90, "num_shards": 2, "shard_size_mb": 150,
         "log_every": 0}
 
@@ -175,3 +180,46 @@ def test_command_line_level_and_test_split(tmp_path):
         assert list(csv.reader(f))[1:] == [["bad name", "bad_image_id"]]
     d = read_records(os.path.join(out, "test"), "test")["test1"]
     assert d["boxes"].shape == (0, 4)
+
+
+def run_job(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "beam_jobs/make_records.py", *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+# What Beam's SDK workers and runner print when left to themselves (see beam_jobs/logs.py).
+BEAM_NOISE = ("semi_persistent_directory", "apitools", "Pipeline_options", "gcp_oauth_scopes",
+              "Worker: severity", "Logging handler created", "sdk harness", "INFO:", "WARNING:")
+
+
+@pytest.mark.slow
+def test_fresh_data_dir_computes_the_levels_and_prints_only_our_lines(tmp_path):
+    """The headline command on data that never met `python -m oid.levels`."""
+    data, out = tmp_path / "data", tmp_path / "records"
+    demo_data.write_dataset(str(data), seed=0, images=40, test_images=2, progress=False)
+    result = run_job("--data_dir", data, "--output_dir", out, "--level", "1", "--log_every=5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The levels python -m oid.levels makes by default, pinned in the output.
+    assert levels.main(["--data_dir", str(data), "--out", str(tmp_path / "cli.json"),
+                        "--plot", str(tmp_path / "cli.png")]) == 0
+    assert LevelSpec.load(str(out / "levels.json")) == LevelSpec.load(str(tmp_path / "cli.json"))
+    assert glob.glob(str(out / "level1" / "train-*.tfrecord"))
+    err = result.stderr
+    for marker in BEAM_NOISE:
+        assert marker not in err, marker
+    assert "Traceback" not in err
+    assert re.search(r"levels: .*computed from the training boxes.*written to .*levels\.json; "
+                     r"pass --levels_spec", err)
+    assert re.search(r"INFO worker \d+: 5 images", err)  # a worker's progress, in our format
+    assert re.search(r"level1: wrote 40 images in", err)
+    assert result.stdout.startswith("level1: train ")
+
+
+@pytest.mark.slow
+def test_beam_log_level_brings_beams_own_lines_back(tmp_path):
+    lay = fx.make_dataset(str(tmp_path / "data"))
+    result = run_job("--data_dir", lay.data_dir, "--output_dir", tmp_path / "records",
+                     "--split=test", "--beam_log_level=INFO")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for marker in ("semi_persistent_directory", "apitools", "Pipeline_options"):
+        assert marker in result.stderr, marker

@@ -138,3 +138,22 @@ def test_objects_are_drawn_where_the_boxes_are():
 def test_command(tmp_path, capsys):
     assert demo_data.main(["--out", str(tmp_path), "--images", "4", "--test_images", "1"]) == 0
     assert "4 train images, 1 test images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kwargs, flag", [({"images": -5}, "--images=-5"),
+                                          ({"quality": 500}, "--jpeg_quality=500"),
+                                          ({"seed": -1}, "--seed=-1"),
+                                          ({"test_images": -1}, "--test_images=-1"),
+                                          ({"images": 2.5}, "--images=2.5")])
+def test_write_dataset_refuses_bad_arguments_before_writing(tmp_path, kwargs, flag):
+    from oid.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"^{flag}: must be"):
+        demo_data.write_dataset(str(tmp_path / "out"), progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_command_refuses_bad_flags(tmp_path, capsys):
+    assert demo_data.main(["--out", str(tmp_path / "d"), "--images=-5"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith("error: --images=-5: must be")
+    assert not (tmp_path / "d").exists()

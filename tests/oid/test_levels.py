@@ -1,9 +1,15 @@
 import json
+import os
 
 import pandas as pd
 import pytest
 
 from oid import demo_data, levels
+from oid.annotations import read_boxes
+from oid.classes import ClassTable, load_classes
+from oid.errors import InputFileError, UsageError
+from oid.hierarchy import load_hierarchy
+from oid.layout import DataLayout
 from oid.levels import Level, LevelSpec, make_levels
 
 COUNTS = {"/m/a": 10, "/m/b": 8, "/m/c": 8, "/m/d": 3}
@@ -91,3 +97,65 @@ def test_command_on_demo_data(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "level kind" in printed and "parents" in printed
+
+
+def test_levels_from_boxes_is_the_command_with_its_defaults(tmp_path):
+    data = tmp_path / "data"
+    demo_data.write_dataset(str(data), seed=2, images=20, test_images=1, progress=False)
+    out = tmp_path / "levels.json"
+    assert levels.main(["--data_dir", str(data), "--level_sizes", "4", "--parents_level",
+                        "--out", str(out), "--plot", str(tmp_path / "levels.png")]) == 0
+    lay = DataLayout(str(data))
+    classes = load_classes(lay.classes)
+    boxes, _ = read_boxes(lay.train_boxes, classes)
+    assert levels.levels_from_boxes(boxes, classes, load_hierarchy(lay.hierarchy), [4],
+                                    parents_level=True) == LevelSpec.load(str(out))
+    default = levels.levels_from_boxes(boxes, classes)
+    assert [len(lv.classes) for lv in default.levels] == [len(demo_data.CLASSES)]
+    assert levels.DEFAULT_LEVEL_SIZES == (100, 150)
+
+
+@pytest.mark.parametrize("text, sizes", [("100,150", [100, 150]), (" 5 ,", [5]), ("", [])])
+def test_parse_level_sizes(text, sizes):
+    assert levels.parse_level_sizes(text) == sizes
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "3,1.5"])
+def test_parse_level_sizes_refuses(text):
+    with pytest.raises(UsageError, match=f"^--level_sizes={text}: "):
+        levels.parse_level_sizes(text)
+
+
+@pytest.mark.parametrize("text, line, problem", [
+    ('{"version": 1,\n "levels": [', 2, "not valid JSON"),
+    ('[1, 2]', None, "expected a JSON object"),
+    ('{"version": 1, "levels": [{"index": 1, "classes": []}]}', None, "needs 'index'"),
+    ('{"version": 1, "levels": [{"index": 1, "kind": "big", "classes": ["/m/a"]}]}', None,
+     "kind 'big'"),
+])
+def test_load_names_the_file_for_a_broken_spec(tmp_path, text, line, problem):
+    path = tmp_path / "levels.json"
+    path.write_text(text)
+    with pytest.raises(InputFileError, match=problem) as e:
+        LevelSpec.load(str(path))
+    assert (e.value.path, e.value.line) == (str(path), line)
+
+
+def test_check_classes_names_the_line_of_an_unknown_mid(tmp_path):
+    path = tmp_path / "levels.json"
+    make_levels(COUNTS, [2]).save(str(path))
+    table = ClassTable(("/m/a", "/m/b", "/m/c"), ("A", "B", "C"))  # no /m/d
+    with pytest.raises(InputFileError, match="class /m/d of level 2 is not in the class table"
+                       ) as e:
+        LevelSpec.load(str(path)).check_classes(table, str(path), "classes.csv")
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    assert e.value.line == lines.index('"/m/d"') + 1
+
+
+def test_save_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = tmp_path / "levels.json"
+    spec = make_levels(COUNTS, [2])
+    monkeypatch.setattr(levels.json, "dump", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        spec.save(str(path))
+    assert os.listdir(tmp_path) == []

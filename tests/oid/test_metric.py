@@ -31,6 +31,8 @@ from oid.submission import (
     COORD_OUT_OF_RANGE,
     DUPLICATE_IMAGE,
     MALFORMED_ROW,
+    MIN_GT_MAX,
+    SCORE_OUT_OF_RANGE,
     UNKNOWN_MID,
     read_submission,
 )
@@ -386,7 +388,9 @@ def test_equal_scores_matched_in_box_order():
 
 
 def test_scores_outside_unit_interval(tmp_path, capsys):
-    check(SCENARIOS["scores_outside_unit_interval"], tmp_path, capsys)
+    # The evaluator API takes any finite score, as the reference does; the command
+    # refuses a submission whose scores leave [0, 1] (tests/oid/test_user_errors.py).
+    check(SCENARIOS["scores_outside_unit_interval"], tmp_path, capsys, api_only=True)
 
 
 def test_coordinates_outside_unit_interval_used_as_given(tmp_path, capsys):
@@ -655,17 +659,50 @@ GOLDEN: dict[tuple[int, int, int, int], tuple[float, list[float | None]]] = {
 }
 
 
+def score_files_with_api(paths: dict[str, str]):
+    """A random case's files scored as the command scores them, but for the submission:
+    the ground truth read by load_ground_truth, the predictions parsed here and added with
+    add_detections, which takes any finite score and min > max boxes (dropped, §4) like the
+    reference. The command refuses both (scores must be in [0, 1]), and the random cases
+    have both, so that the golden values cover them."""
+    from oid.classes import load_classes
+    from oid.hierarchy import load_hierarchy
+    from oid.metric import load_ground_truth
+
+    ev = load_ground_truth(paths["boxes"], paths["labels"], load_classes(paths["classes"]),
+                           load_hierarchy(paths["hierarchy"]))
+    skipped = {"score_out_of_range": 0, "min_greater_than_max": 0}
+    with open(paths["predictions"]) as f:
+        next(f)
+        for line in f:
+            image, text = line.rstrip("\n").split(",", 1)
+            tokens = text.split()
+            numbers = np.array([tokens[k + 1:k + 6] for k in range(0, len(tokens), 6)],
+                               np.float64).reshape(-1, 5)  # Score XMin YMin XMax YMax
+            ev.add_detections(image, numbers[:, [2, 1, 4, 3]], numbers[:, 0], tokens[0::6])
+            bad_score = (numbers[:, 0] < 0) | (numbers[:, 0] > 1)
+            skipped["score_out_of_range"] += int(bad_score.sum())
+            skipped["min_greater_than_max"] += int((~bad_score & (
+                (numbers[:, 1] > numbers[:, 3]) | (numbers[:, 2] > numbers[:, 4]))).sum())
+    return ev.evaluate(), skipped
+
+
 @pytest.mark.parametrize("spec", sorted(GOLDEN))
 def test_matches_reference_golden(spec, tmp_path, capsys):
     seed, num_images, num_classes, max_dets = spec
     paths = write_random_case(make_random_case(seed, num_images, num_classes, max_dets), tmp_path)
-    out = run_cli(paths, capsys)
+    result, skipped = score_files_with_api(paths)
     mean_ap, per_class = GOLDEN[spec]
-    assert out["mAP"] == pytest.approx(mean_ap, abs=1e-9)
-    got = [r["ap"] for r in out["per_class"].values()]
+    assert result.mean_ap == pytest.approx(mean_ap, abs=1e-9)
+    got = [r.ap for r in result.per_class.values()]
     assert [g is None for g in got] == [p is None for p in per_class]
     assert [g for g in got if g is not None] == \
         pytest.approx([p for p in per_class if p is not None], abs=1e-9)
+    # The command skips exactly those detections with --lenient (and refuses them without).
+    out = run_cli(paths, capsys, "--lenient")
+    assert out["submission"]["skipped_detections"] == skipped
+    assert main([a for k in ("boxes", "labels", "hierarchy", "classes", "predictions")
+                 for a in (f"--{k}", paths[k])]) == 2
 
 
 # -- the command -----------------------------------------------------------------------
@@ -677,7 +714,11 @@ def test_cli_output_file_and_shape(tmp_path, capsys):
     out = run_cli(paths, capsys, "--output", out_path)
     with open(out_path) as f:
         assert json.load(f) == out
-    assert set(out) == {"mAP", "per_class", "num_images"}
+    assert set(out) == {"mAP", "per_class", "num_images", "submission"}
+    assert out["submission"] == {
+        "path": paths["predictions"], "rows": 2, "detections": 8, "skipped_rows": {},
+        "skipped_detections": {}, "rows_without_ground_truth": 0,
+        "ground_truth_images_without_row": 0}
     assert out["per_class"][CAT] == {"ap": None, "num_gt": 0}
     assert out["num_images"] == 2
 
@@ -725,7 +766,7 @@ def test_cli_bad_ground_truth_names_the_file(tmp_path, capsys):
         f.write("C,xclick,/m/0unknown,1,0.1,0.2,0.1,0.2,0,0,0,0,0\n")
     argv = [a for k in ("boxes", "labels", "hierarchy", "classes", "predictions")
             for a in (f"--{k}", paths[k])]
-    assert main(argv) == 1
+    assert main(argv) == 2
     assert f"{paths['boxes']}:4: unknown_mid" in capsys.readouterr().err
 
 
@@ -746,6 +787,9 @@ BAD_ROWS = {
                   "detections"),
     COORD_OUT_OF_RANGE: (f"B,{DOG} 0.75 0.2 0.2 1.5 0.5", "XMax=1.5 is outside [0, 1]", 1,
                          "detections"),
+    SCORE_OUT_OF_RANGE: (f"B,{DOG} 1.25 0.2 0.2 0.5 0.5", "Score=1.25 is outside [0, 1]", 1,
+                         "detections"),
+    MIN_GT_MAX: (f"B,{DOG} 0.75 0.2 0.5 0.5 0.2", "YMin=0.5 > YMax=0.2", 1, "detections"),
     DUPLICATE_IMAGE: (f"A,{DOG} 0.75 0.2 0.2 0.5 0.5", "'A' already has a row", 1, "rows"),
     MALFORMED_ROW: (f"B,{DOG} 0.75 0.2 0.2 0.5 0.5,extra", "does not have the 2 fields", 1, "rows"),
 }
@@ -787,7 +831,7 @@ def test_bad_submission_in_the_cli(tmp_path, capsys):
         f.write(f"C,{DOG} 0.9 0.1 0.1 0.4\n")
     argv = [a for k in ("boxes", "labels", "hierarchy", "classes", "predictions")
             for a in (f"--{k}", paths[k])]
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{paths['predictions']}:4: ImageId 'C', bad_token_count" in err
     assert main(argv + ["--lenient"]) == 0
@@ -906,6 +950,6 @@ def test_cli_unexpandable_ground_truth_names_the_file(tmp_path, capsys):
             {"LabelName": "/m/0zoo", "Subcategory": [{"LabelName": DOG}]}]}, f)
     argv = [a for k in ("boxes", "labels", "hierarchy", "classes", "predictions")
             for a in (f"--{k}", paths[k])]
-    assert main(argv) == 1
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"{paths['boxes']}: ImageID A: class {DOG} has the ancestor /m/0zoo" in err

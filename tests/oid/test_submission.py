@@ -493,3 +493,33 @@ def test_read_submission_rows_checks_like_read_submission_but_the_class_list(tmp
     path.write_text("ImageId,PredictionString\na,/m/0any 0.5 0.1 0.2 0.3 0.4\n")
     (row,) = read_submission_rows(str(path))
     assert row.mids.tolist() == ["/m/0any"]
+
+
+def test_read_submission_rows_refuses_scores_and_boxes_the_metric_refuses(tmp_path):
+    # predict.py's files pass: its scores (sigmoids, and their fusion with equal weights)
+    # lie in [0, 1], and clipping to [0, 1] keeps min <= max.
+    path = tmp_path / "sub.csv"
+    path.write_text(f"ImageId,PredictionString\na,{DOG} 1.5 0.1 0.2 0.3 0.4\n")
+    with pytest.raises(InputFileError, match=r"sub.csv:2: .*score_out_of_range: Score=1.5"):
+        list(read_submission_rows(str(path)))
+    path.write_text(f"ImageId,PredictionString\na,{DOG} 0.5 0.3 0.2 0.1 0.4\n")
+    with pytest.raises(InputFileError, match=r"sub.csv:2: .*min_greater_than_max: XMin=0.3 > "
+                                             r"XMax=0.1"):
+        list(read_submission_rows(str(path)))
+
+
+def test_a_cut_gzip_submission_is_an_error_naming_the_file_even_when_lenient(tmp_path):
+    from oid.submission import read_submission
+
+    path = tmp_path / "sub.csv.gz"
+    text = "ImageId,PredictionString\n" + f"a,{DOG} 0.5 0.1 0.2 0.3 0.4\n" * 500
+    packed = gzip.compress(text.encode())
+    path.write_bytes(packed[:len(packed) // 2])
+    classes = ClassTable((DOG,), ("Dog",))
+    for lenient in (False, True):
+        with pytest.raises(InputFileError, match=r"sub.csv.gz: truncated or not gzip: .*cut "
+                                                 r"short.*not even --lenient") as e:
+            read_submission(str(path), classes, lenient=lenient)
+        assert e.value.path == str(path) and e.value.line is None
+    with pytest.raises(InputFileError, match="truncated or not gzip"):
+        list(read_submission_rows(str(path)))
