@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 import tensorflow as tf
 from absl import app, flags
 
+from engine import cli
 from engine.evaluation import LevelEvaluation, format_result, label_files, write_results
 from engine.inference import Detector, Inference, load_detector
 from engine.run_dir import is_saved_model, latest_checkpoint, read_json
@@ -33,6 +33,7 @@ from oid.classes import load_classes
 from oid.hierarchy import load_hierarchy
 from oid.submission import ImageDetections, SubmissionWriter
 from tfrecords.inference_input import RecordSource
+from tfrecords.input_pipeline import list_files
 from tfrecords.layout import LevelRecords, RecordsLayout
 
 _POST = PostprocessConfig()
@@ -67,23 +68,12 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
                   "else (one CPU) the default strategy.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
 flags.mark_flags_as_required(["records_dir", "model_dir"])
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing, except that flags this program does not define are ignored when
-    they come from a --flagfile (a train.py flagfile holds many); on the command line they
-    are an error."""
-    try:
-        rest = FLAGS(argv, known_only=True)
-    except flags.Error as e:
-        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help "
-                 "on flags.")
-    direct = set(argv[1:])
-    unknown = [a for a in rest[1:] if a.startswith("-") and a in direct]
-    if unknown:
-        sys.exit(f"FATAL Flags parsing error: Unknown command line flag {unknown[0]!r}\n"
-                 "Pass --helpshort or --helpfull to see help on flags.")
-    return rest[:1]
+for _name, _low in (("level", 0), ("batch_size", 1), ("max_detections", 1),
+                    ("pre_nms_top_k", 1)):
+    cli.bound(_name, low=_low)
+cli.bound("score_threshold", low=0, high=1)
+cli.bound("nms_iou", above=0, high=1)
+cli.bound("log_every_seconds", low=0)
 
 
 def postprocess_config() -> PostprocessConfig:
@@ -97,9 +87,14 @@ def read_level(level: LevelRecords) -> tuple[list[dict], int | None]:
     """The level's labels and the number of images of --split (for the ETA), after checking
     that the split's ground truth exists."""
     for path in (level.labels, level.boxes_csv(FLAGS.split), level.image_labels_csv(FLAGS.split)):
-        if not tf.io.gfile.exists(path):
-            sys.exit(f"{path} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
-                     f"--output_dir {FLAGS.records_dir} first")
+        cli.check(tf.io.gfile.exists(path),
+                  f"{path} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
+                  f"--output_dir {FLAGS.records_dir} first")
+    try:
+        list_files(level.shards(FLAGS.split))
+    except FileNotFoundError:
+        cli.refuse(f"{level.dir} has no {FLAGS.split} shards ({level.shards(FLAGS.split)}); run "
+                   f"beam_jobs/make_records.py --level {FLAGS.level} again")
     total = None
     if tf.io.gfile.exists(level.stats):
         total = read_json(level.stats).get("splits", {}).get(FLAGS.split, {}).get("images")
@@ -110,16 +105,18 @@ def load_model_to_evaluate(strategy, labels: list[dict], level: LevelRecords,
                            ) -> tuple[Detector, str | None]:
     """(the detector of --model_dir, the checkpoint it was read from: None for a SavedModel)."""
     checkpoint = FLAGS.checkpoint
+    cli.check(tf.io.gfile.isdir(FLAGS.model_dir),
+              f"--model_dir={FLAGS.model_dir}: not a directory")
     if checkpoint and is_saved_model(FLAGS.model_dir):
-        sys.exit(f"--checkpoint is for a training run's directory; {FLAGS.model_dir} is a "
-                 "SavedModel")
+        cli.refuse(f"--checkpoint is for a training run's directory; {FLAGS.model_dir} is a "
+                   "SavedModel")
     if checkpoint is None and not is_saved_model(FLAGS.model_dir):
         checkpoint = latest_checkpoint(FLAGS.model_dir)
     try:
         detector = load_detector(FLAGS.model_dir, strategy, checkpoint)
         detector.check_labels(labels, level.labels, FLAGS.level)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.refuse(str(e))
     return detector, checkpoint
 
 
@@ -160,8 +157,19 @@ def main(argv):
     try:
         classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes, FLAGS.hierarchy)
     except ValueError as e:
-        sys.exit(f"error: {e}")
-    classes = load_classes(classes_path)
+        cli.refuse(str(e))
+    for flag, path in (("--classes", classes_path), ("--hierarchy", hierarchy_path)):
+        cli.check(tf.io.gfile.exists(path), f"{flag}={path}: not found")
+    out = FLAGS.output_dir
+    cli.check(not out or not tf.io.gfile.exists(out) or tf.io.gfile.isdir(out),
+              f"--output_dir={out}: exists and is not a directory")
+    cli.check(not FLAGS.predictions_csv or not tf.io.gfile.isdir(FLAGS.predictions_csv),
+              f"--predictions_csv={FLAGS.predictions_csv}: is a directory")
+    try:
+        classes = load_classes(classes_path)
+        hierarchy = load_hierarchy(hierarchy_path)
+    except (OSError, ValueError) as e:  # unreadable or malformed; the message names the file
+        cli.refuse(str(e))
 
     # -- strategy and model ---------------------------------------------------------------
     strategy = make_strategy(FLAGS.strategy)
@@ -171,7 +179,7 @@ def main(argv):
     logging.info("evaluating %s on %s", checkpoint or FLAGS.model_dir, level.dir)
 
     # -- evaluate -------------------------------------------------------------------------
-    evaluation = LevelEvaluation(classes, load_hierarchy(hierarchy_path),
+    evaluation = LevelEvaluation(classes, hierarchy,
                                  level.boxes_csv(FLAGS.split),
                                  level.image_labels_csv(FLAGS.split),
                                  [e["mid"] for e in detector.labels])
@@ -195,4 +203,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    # A train.py flagfile may be passed as is: its flags that eval.py lacks are ignored.
+    app.run(main, flags_parser=cli.flags_parser(known_only=True))

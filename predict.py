@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 
 import tensorflow as tf
 from absl import app, flags
 
+from engine import cli
 from engine.evaluation import label_files
 from engine.inference import Detector, Inference, load_detector
 from engine.prediction import Combiner
@@ -31,9 +31,15 @@ from model.config import PostprocessConfig
 from oid.classes import ClassTable, load_classes
 from oid.hierarchy import load_hierarchy
 from oid.levels import LevelSpec
-from oid.submission import SubmissionWriter
+from oid.submission import SubmissionWriter, is_valid_image_id
 from oid.visualize import draw_detections
-from tfrecords.inference_input import ImageFolderSource, RecordSource, Source, read_images
+from tfrecords.inference_input import (
+    ImageFolderSource,
+    RecordSource,
+    Source,
+    image_id_of,
+    read_images,
+)
 
 _POST = PostprocessConfig()
 
@@ -76,6 +82,14 @@ flags.DEFINE_string("visualize_dir", None, "Where the PNGs go; default OUTPUT's 
 flags.DEFINE_float("visualize_threshold", 0.3, "Boxes scoring below are not drawn.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
 flags.mark_flags_as_required(["model", "output"])
+for _name, _low in (("top_k", 1), ("max_detections", 1), ("pre_nms_top_k", 1), ("batch_size", 1),
+                    ("visualize", 0)):
+    cli.bound(_name, low=_low)
+for _name in ("score_threshold", "visualize_threshold"):
+    cli.bound(_name, low=0, high=1)
+for _name in ("nms_iou", "wbf_iou"):
+    cli.bound(_name, above=0, high=1)
+cli.bound("log_every_seconds", low=0)
 
 _MODEL_FLAG = re.compile(r"level(\d+)=(.+)")
 
@@ -119,7 +133,7 @@ def load_models(strategy: tf.distribute.Strategy, models: dict[int, list[str]],
                         raise ValueError(f"{path} predicts {unknown[0]}, which is not in "
                                          f"{classes_path}")
             except (FileNotFoundError, ValueError) as e:
-                sys.exit(f"error: --model level{level}={path}: {e}")
+                cli.refuse(f"--model level{level}={path}: {e}")
             levels.setdefault(level, []).append(len(detectors))
             detectors.append(detector)
             logging.info("level %d: %s (%d classes)", level, path, len(detector.labels))
@@ -164,26 +178,43 @@ def main(argv):
                         force=True)
     # -- flags -> inputs ----------------------------------------------------------------------
     if bool(FLAGS.images) == bool(FLAGS.records):
-        sys.exit("pass exactly one of --images DIR and --records PATTERN")
+        cli.refuse("pass exactly one of --images DIR and --records PATTERN")
     try:
         models = parse_models(FLAGS.model)
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        cli.refuse(str(e))
+    for level, dirs in models.items():
+        for path in dirs:
+            cli.check(tf.io.gfile.isdir(path), f"--model level{level}={path}: not a directory "
+                      "(a train.py run or an exported SavedModel)")
+    cli.check(not tf.io.gfile.isdir(FLAGS.output), f"--output={FLAGS.output}: is a directory")
     classes_path = hierarchy_path = None
     if FLAGS.expand or FLAGS.data_dir or FLAGS.classes:
         try:
             classes_path, hierarchy_path = label_files(FLAGS.data_dir, FLAGS.classes,
                                                        FLAGS.hierarchy)
         except ValueError as e:
-            sys.exit(f"error: {e} (or --noexpand to leave boxes in their predicted classes)")
-    classes = load_classes(classes_path) if classes_path else None
-    hierarchy = load_hierarchy(hierarchy_path) if FLAGS.expand else None
-    spec = LevelSpec.load(FLAGS.levels_spec) if FLAGS.levels_spec else None
+            cli.refuse(f"{e} (or --noexpand to leave boxes in their predicted classes)")
+        for flag, path in (("--classes", classes_path), ("--hierarchy", hierarchy_path)):
+            cli.check(tf.io.gfile.exists(path), f"{flag}={path}: not found")
+    try:
+        classes = load_classes(classes_path) if classes_path else None
+        hierarchy = load_hierarchy(hierarchy_path) if FLAGS.expand else None
+        spec = LevelSpec.load(FLAGS.levels_spec) if FLAGS.levels_spec else None
+    except (OSError, ValueError) as e:  # unreadable or malformed; the message names the file
+        cli.refuse(str(e))
     try:
         source = ImageFolderSource.from_dir(FLAGS.images) if FLAGS.images \
             else RecordSource(FLAGS.records)
     except (FileNotFoundError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        cli.refuse(str(e))
+    if isinstance(source, ImageFolderSource):
+        # Every file must name a valid ImageId before hours of inference, not at the writer.
+        bad = [p for p in source.paths if not is_valid_image_id(image_id_of(p))]
+        cli.check(not bad, f"--images={FLAGS.images}: {len(bad)} file names cannot be "
+                  f"submission ImageIds (a comma, quote or whitespace in the stem): "
+                  f"{', '.join(os.path.basename(p) for p in bad[:10])}"
+                  f"{' ...' if len(bad) > 10 else ''}; rename them")
 
     # -- strategy and models ----------------------------------------------------------------
     strategy = make_strategy(FLAGS.strategy)
@@ -230,4 +261,4 @@ def visualize(shown, source, classes, detectors, out_dir: str, threshold: float)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser())

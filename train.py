@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import sys
 
 import keras
 import tensorflow as tf
@@ -25,14 +24,17 @@ from absl import app, flags
 
 from boxes.anchors import AnchorConfig
 from boxes.assign import LabelerConfig
+from engine import cli
 from engine.evaluation import training_callback
 from engine.export import export_saved_model
 from engine.run_dir import CheckpointMismatchError, load_model, read_json, save_config
 from engine.strategy import make_strategy, wait_for_all_workers
-from engine.trainer import TrainConfig, Trainer
+from engine.trainer import TrainConfig, Trainer, TrainingStoppedError
+from model.backbones import BACKBONES
 from model.config import LossConfig, ModelConfig
-from tfrecords.input_pipeline import InputConfig, build_dataset
+from tfrecords.input_pipeline import InputConfig, build_dataset, list_files
 from tfrecords.layout import LevelRecords, RecordsLayout
+from tfrecords.reader import CORRUPTION
 
 _INPUT = {f.name: f.default for f in dataclasses.fields(InputConfig)}
 _MODEL = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
@@ -138,7 +140,26 @@ flags.DEFINE_integer("eval_every_epochs", 0,
 flags.DEFINE_string("eval_data_dir", None,
                     "With --eval_every_epochs: DATA_DIR whose label/ holds the class table and "
                     "hierarchy.")
+flags.DEFINE_bool("strict_records", _INPUT["strict_records"],
+                  "Stop at the first corrupt record instead of skipping, counting and logging it.")
+flags.DEFINE_float("max_corrupt_fraction", _INPUT["max_corrupt_fraction"],
+                   "A records file with more than this fraction of corrupt bytes stops the run.")
 flags.mark_flags_as_required(["records_dir", "model_dir"])
+for _name, _low in (("level", 0), ("image_min_side", 1), ("image_max_side", 1), ("max_boxes", 1),
+                    ("shuffle_buffer", 1), ("fpn_channels", 1), ("head_convs", 0),
+                    ("head_channels", 1), ("global_batch_size", 1), ("epochs", 1),
+                    ("steps_per_epoch", 1), ("weight_decay", 0), ("clipnorm", 0),
+                    ("plateau_patience", 1), ("min_learning_rate", 0), ("warmup_steps", 0),
+                    ("checkpoint_every_steps", 1), ("log_every_steps", 1),
+                    ("eval_every_epochs", 0), ("focal_gamma", 0), ("box_loss_weight", 0)):
+    cli.bound(_name, low=_low)
+for _name in ("learning_rate", "backbone_width", "box_delta"):
+    cli.bound(_name, above=0)
+for _name in ("focal_alpha", "positive_iou", "negative_iou"):
+    cli.bound(_name, low=0, high=1)
+cli.bound("bn_momentum", low=0, high=1)
+cli.bound("plateau_factor", above=0, high=1)
+cli.bound("max_corrupt_fraction", above=0, high=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,33 +178,72 @@ class RunConfig:
 def read_level() -> tuple[LevelRecords, list[dict]]:
     """The level's records folder and its labels.json."""
     level = RecordsLayout(FLAGS.records_dir).level(FLAGS.level)
-    if not tf.io.gfile.exists(level.labels):
-        sys.exit(f"{level.labels} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
-                 f"--output_dir {FLAGS.records_dir} first")
-    return level, read_json(level.labels)
+    cli.check(tf.io.gfile.isdir(FLAGS.records_dir),
+              f"--records_dir={FLAGS.records_dir}: not a directory; run "
+              "beam_jobs/make_records.py --output_dir there first")
+    cli.check(tf.io.gfile.exists(level.labels),
+              f"{level.labels} not found: run beam_jobs/make_records.py --level {FLAGS.level} "
+              f"--output_dir {FLAGS.records_dir} first")
+    try:
+        list_files(level.shards("train"))
+    except FileNotFoundError:
+        cli.refuse(f"{level.dir} has labels.json but no train shards ({level.shards('train')}); "
+                   f"run beam_jobs/make_records.py --level {FLAGS.level} --output_dir "
+                   f"{FLAGS.records_dir} again")
+    try:
+        labels = read_json(level.labels)
+    except ValueError as e:
+        cli.refuse(f"{level.labels}: not JSON ({e}); run beam_jobs/make_records.py again")
+    cli.check(isinstance(labels, list) and len(labels) > 0,
+              f"{level.labels}: expected a non-empty list of {{index, mid, name}}; run "
+              "beam_jobs/make_records.py again")
+    return level, labels
+
+
+def check_paths() -> None:
+    """Paths the run will read or write, checked before anything is written."""
+    cli.check(not tf.io.gfile.exists(FLAGS.model_dir) or tf.io.gfile.isdir(FLAGS.model_dir),
+              f"--model_dir={FLAGS.model_dir}: exists and is not a directory")
+    cli.check(FLAGS.backbone in BACKBONES,
+              f"--backbone={FLAGS.backbone}: not one of {', '.join(sorted(BACKBONES))}")
+    if FLAGS.init_checkpoint:
+        cli.check(tf.io.gfile.exists(os.path.join(FLAGS.init_checkpoint, "config.json")),
+                  f"--init_checkpoint={FLAGS.init_checkpoint}: not a train.py run directory "
+                  "(no config.json)")
+    if FLAGS.eval_every_epochs:
+        cli.check(bool(FLAGS.eval_data_dir), "--eval_every_epochs needs --eval_data_dir (the "
+                  "class table and hierarchy)")
+        cli.check(tf.io.gfile.isdir(FLAGS.eval_data_dir),
+                  f"--eval_data_dir={FLAGS.eval_data_dir}: not a directory")
 
 
 def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
     """Flags -> the configuration dataclasses; a bad combination exits with its reason."""
-    if FLAGS.eval_every_epochs and not FLAGS.eval_data_dir:
-        sys.exit("--eval_every_epochs needs --eval_data_dir (the class table and hierarchy)")
     try:
         anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes),
                                ratios=tuple(float(r) for r in FLAGS.anchor_ratios),
                                scales=tuple(float(s) for s in FLAGS.anchor_scales),
                                variances=tuple(float(v) for v in FLAGS.box_variances))
     except ValueError as e:
-        sys.exit(f"bad anchor flags: {e}")
-    if not 0.0 < FLAGS.negative_iou <= FLAGS.positive_iou <= 1.0:
-        sys.exit(f"need 0 < --negative_iou <= --positive_iou <= 1, got {FLAGS.negative_iou} "
-                 f"and {FLAGS.positive_iou}")
+        cli.refuse(f"--anchor_sizes/--anchor_ratios/--anchor_scales/--box_variances: {e}")
+    cli.check(0.0 < FLAGS.negative_iou <= FLAGS.positive_iou <= 1.0,
+              f"need 0 < --negative_iou <= --positive_iou <= 1, got {FLAGS.negative_iou} and "
+              f"{FLAGS.positive_iou}")
+    try:
+        jitter = tuple(float(s) for s in FLAGS.scale_jitter)
+    except ValueError:
+        jitter = ()
+    cli.check(len(jitter) == 2 and 0 < jitter[0] <= jitter[1],
+              f"--scale_jitter={','.join(FLAGS.scale_jitter)}: expected low,high with "
+              "0 < low <= high")
     input_config = InputConfig(
         file_pattern=level.shards("train"), is_training=True,
         global_batch_size=FLAGS.global_batch_size, image_min_side=FLAGS.image_min_side,
         image_max_side=FLAGS.image_max_side, max_boxes=FLAGS.max_boxes, flip=FLAGS.flip,
-        scale_jitter=tuple(float(s) for s in FLAGS.scale_jitter),
-        shuffle_buffer=FLAGS.shuffle_buffer, repeat_factor_sampling=FLAGS.repeat_factor_sampling,
-        cache=FLAGS.cache, seed=FLAGS.seed)
+        scale_jitter=jitter, shuffle_buffer=FLAGS.shuffle_buffer,
+        repeat_factor_sampling=FLAGS.repeat_factor_sampling, cache=FLAGS.cache,
+        strict_records=FLAGS.strict_records, max_corrupt_fraction=FLAGS.max_corrupt_fraction,
+        seed=FLAGS.seed)
     model = ModelConfig(
         num_classes=len(labels), backbone=FLAGS.backbone, backbone_weights=FLAGS.backbone_weights,
         image_size=input_config.output_size, fpn_channels=FLAGS.fpn_channels,
@@ -213,11 +273,11 @@ def start_trainer(run: RunConfig, strategy: tf.distribute.Strategy) -> Trainer:
     try:
         trainer = Trainer(strategy, run.model, run.loss, run.train, FLAGS.model_dir, run.labeler)
     except ValueError as e:  # a combination of flags the model cannot run
-        sys.exit(str(e))
+        cli.refuse(str(e))
     try:  # a resumed run must be the same model; checked before config.json is replaced
         resumed_step = trainer.restore()
     except CheckpointMismatchError as e:
-        sys.exit(str(e))
+        cli.refuse(str(e))
     if trainer.is_chief:
         save_config(os.path.join(FLAGS.model_dir, "config.json"), model=run.model, loss=run.loss,
                     train=run.train, input=run.input, labeler=run.labeler, level=FLAGS.level,
@@ -246,6 +306,7 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
     # -- configuration -------------------------------------------------------------------
+    check_paths()
     run = resolve_config(*read_level())
     if FLAGS.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -254,6 +315,9 @@ def main(argv):
     strategy = make_strategy(FLAGS.strategy)
     logging.info("strategy %s with %d replicas", type(strategy).__name__,
                  strategy.num_replicas_in_sync)
+    cli.check(FLAGS.global_batch_size % strategy.num_replicas_in_sync == 0,
+              f"--global_batch_size={FLAGS.global_batch_size}: not a multiple of the "
+              f"{strategy.num_replicas_in_sync} replicas")
 
     # -- model, optimizer, checkpoint ----------------------------------------------------
     trainer = start_trainer(run, strategy)
@@ -266,8 +330,16 @@ def main(argv):
 
     # -- train ---------------------------------------------------------------------------
     label_fn = trainer.pipeline_label_fn()
-    trainer.fit(lambda ctx: build_dataset(run.input, ctx, label_fn), FLAGS.global_batch_size,
-                on_epoch_end=on_epoch_end)
+    try:
+        trainer.fit(lambda ctx: build_dataset(run.input, ctx, label_fn),
+                    FLAGS.global_batch_size, on_epoch_end=on_epoch_end,
+                    stop_reason=lambda: CORRUPTION.fatal)
+    except (TrainingStoppedError, tf.errors.OutOfRangeError):
+        if not CORRUPTION.fatal:  # the input ran dry for another reason
+            raise
+        logging.info("%s", CORRUPTION.summary())
+        cli.refuse(CORRUPTION.fatal)
+    logging.info("%s", CORRUPTION.summary())
 
     # -- export --------------------------------------------------------------------------
     if FLAGS.export and trainer.is_chief:
@@ -279,4 +351,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser())

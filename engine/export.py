@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -55,10 +56,36 @@ def export_saved_model(model: keras.Model, config: ModelConfig, labels: list[dic
                          input_signature=[tf.TensorSpec(
                              [None, config.image_size, config.image_size, 3], tf.uint8,
                              name="image")])
+    metadata = {"model": dataclasses.asdict(config), "input": dataclasses.asdict(input_config),
+                "labels": labels, "level": level}
+    write_then_rename(path, lambda tmp: _write(archive, metadata, tmp))
+    return path
+
+
+def _write(archive: keras.export.ExportArchive, metadata: dict, path: str) -> None:
     archive.write_out(path, verbose=False)
     tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, EXPORT_METADATA)))
     with tf.io.gfile.GFile(os.path.join(path, EXPORT_METADATA), "w") as f:
-        json.dump({"model": dataclasses.asdict(config), "input": dataclasses.asdict(input_config),
-                   "labels": labels, "level": level}, f, indent=1, sort_keys=True, default=str)
-    return path
+        json.dump(metadata, f, indent=1, sort_keys=True, default=str)
+
+
+PARTIAL = ".partial"
+
+
+def write_then_rename(path: str, write: Callable[[str], None]) -> None:
+    """Runs write(PATH.partial) and renames the folder to PATH once it is complete, replacing
+    an earlier PATH; so a run killed while exporting leaves no broken SavedModel under PATH
+    (only PATH.partial, which the next export removes)."""
+    tmp = path.rstrip("/") + PARTIAL
+    if tf.io.gfile.exists(tmp):
+        tf.io.gfile.rmtree(tmp)
+    try:
+        write(tmp)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        raise
+    if tf.io.gfile.exists(path):
+        tf.io.gfile.rmtree(path)
+    tf.io.gfile.rename(tmp, path)
 

@@ -283,13 +283,19 @@ class Trainer:
 
     def fit(self, make_dataset: Callable[[tf.distribute.InputContext], tf.data.Dataset],
             global_batch_size: int,
-            on_epoch_end: Callable[[int, dict], None] | None = None) -> dict:
+            on_epoch_end: Callable[[int, dict], None] | None = None,
+            stop_reason: Callable[[], str | None] | None = None) -> dict:
         """Trains until epochs x steps_per_epoch steps; returns the last epoch's mean losses.
 
         Args:
           make_dataset: InputContext -> per-replica batched dataset (build_dataset).
           global_batch_size: images per step over all replicas (for images/s).
           on_epoch_end: called with (epoch, mean losses) after each epoch's checkpoint.
+          stop_reason: called after every step; a message stops the run with TrainingStoppedError
+            (e.g. the input found a broken records file).
+
+        Raises:
+          TrainingStoppedError: with stop_reason's message.
         """
         cfg = self.config
         total = cfg.epochs * cfg.steps_per_epoch
@@ -316,6 +322,9 @@ class Trainer:
                 while step < (epoch + 1) * cfg.steps_per_epoch:
                     losses = {k: float(v) for k, v in self._train_step(iterator).items()}
                     step += 1
+                    reason = stop_reason() if stop_reason is not None else None
+                    if reason:
+                        raise TrainingStoppedError(reason)
                     if not math.isfinite(losses["loss"]):
                         raise FloatingPointError(
                             f"the loss became {losses['loss']} at step {step} "
@@ -351,6 +360,10 @@ class Trainer:
                 if on_epoch_end is not None:
                     on_epoch_end(epoch + 1, means)
         return means
+
+
+class TrainingStoppedError(RuntimeError):
+    """Trainer.fit's stop_reason asked to stop; the message says why."""
 
 
 def _synchronized_batch_norms(model: keras.Model) -> list:

@@ -85,9 +85,10 @@ def test_eval_gives_the_same_metrics_at_batch_1_and_8_and_on_two_replicas(world,
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from absl import flags
         import eval as ev
+        from engine import cli
         for name, extra in {runs!r}.items():
             flags.FLAGS.unparse_flags()
-            ev.parse_flags(["eval.py", *{_eval_args(world)!r}, "--level=1",
+            cli.parse_flags(["eval.py", *{_eval_args(world)!r}, "--level=1",
                             "--model_dir={world / 'runs' / 'level1'}",
                             "--output_dir={tmp_path}/" + name,
                             "--predictions_csv={tmp_path}/" + name + ".csv.gz", *extra])
@@ -136,7 +137,7 @@ def test_eval_refuses_an_unknown_flag_on_the_command_line(tmp_path):
                           "--model_dir=y", "--batchsize=4"],
                          env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
-    assert "Unknown command line flag '--batchsize=4'" in out.stderr
+    assert "error: unknown flag '--batchsize=4'" in out.stderr
 
 
 def _predict(world, *extra):

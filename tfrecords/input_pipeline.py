@@ -1,6 +1,7 @@
 """The tf.data input pipeline: shards -> batches of images, padded boxes and image_info.
 
-    files (sharded per input pipeline) -> parallel interleave -> [cache] -> [repeat]
+    files (sharded per input pipeline) -> parallel interleave of checked reads (a corrupt
+    record is skipped and counted) -> [cache] -> [repeat]
     -> [repeat-factor sampling] -> shuffle -> parse + decode + [flip, scale jitter]
     -> resize + pad -> batch -> [anchor labeling] -> prefetch
 
@@ -35,6 +36,7 @@ from boxes import canvas
 from boxes.ops import flip_left_right
 from tfrecords import features as F
 from tfrecords.decode import decode_example
+from tfrecords.reader import records_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -55,6 +57,9 @@ class InputConfig:
       repeat_factor_sampling: repeat each image per epoch by its stored LVIS factor r:
         floor(r) times plus once more with probability r - floor(r).
       cache: cache the raw records in memory after the first pass (small data).
+      strict_records: stop at the first corrupt record instead of skipping it
+        (tfrecords/reader.py).
+      max_corrupt_fraction: a file with more corrupt records than this fraction stops the run.
       seed: makes order and augmentation deterministic; None for the fastest
         non-deterministic pipeline.
     """
@@ -70,6 +75,8 @@ class InputConfig:
     shuffle_buffer: int = 512
     repeat_factor_sampling: bool = False
     cache: bool = False
+    strict_records: bool = False
+    max_corrupt_fraction: float = 0.5
     seed: int | None = None
 
     @property
@@ -219,8 +226,11 @@ def build_dataset(config: InputConfig,
     deterministic = True if seed is not None else None  # None: tf.data's default
     if config.is_training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                       num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    # A corrupt record is skipped, counted and logged (tfrecords/reader.py), not fatal.
+    ds = ds.interleave(
+        lambda f: records_dataset(f, config.strict_records, config.max_corrupt_fraction),
+        cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic)
     if input_context is not None and input_context.num_input_pipelines > 1 and not shard_files:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if config.cache:

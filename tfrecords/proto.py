@@ -63,12 +63,14 @@ Example, Features, Feature, BytesList, FloatList, Int64List = _build_classes()
 _MASK_DELTA = 0xA282EAD8
 
 
-def _masked_crc(data: bytes) -> bytes:
+def masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of `data`."""
     crc = google_crc32c.value(data)
-    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 def write_tfrecord(f: BinaryIO, record: bytes) -> None:
     """Appends one record in TFRecord framing: length, its masked CRC-32C, data, its CRC."""
     length = struct.pack("<Q", len(record))
-    f.write(length + _masked_crc(length) + record + _masked_crc(record))
+    f.write(length + struct.pack("<I", masked_crc(length)) + record
+            + struct.pack("<I", masked_crc(record)))
