@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.export import PARTIAL, write_then_rename
+from tests.refusals import assert_refused
 from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 from tfrecords.proto import write_tfrecord
 
@@ -21,18 +22,6 @@ pytestmark = pytest.mark.slow
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *culprits: str) -> str:
-    """Exit status 2, the last stderr line an `error:` naming every culprit, no traceback."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
-    for culprit in culprits:
-        assert culprit in last, last
-    return last
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import pytest
 
 from oid import demo_data
 from oid.layout import DataLayout
+from tests.refusals import assert_refused
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -18,18 +19,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def levels_cmd(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "oid.levels", *map(str, args)],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
-
-
-def assert_refused(result: subprocess.CompletedProcess, *culprits: str) -> str:
-    """Exit status 2, the last stderr line an `error:` naming every culprit, no traceback."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
-    for culprit in culprits:
-        assert culprit in last, last
-    return last
 
 
 @pytest.fixture(scope="module")

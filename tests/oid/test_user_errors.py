@@ -16,6 +16,8 @@ import sys
 
 import pytest
 
+from tests import refusals
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 DOG, CAT, ANIMAL = "/m/0bt9lr", "/m/01yrx", "/m/0jbk"
@@ -30,18 +32,8 @@ def run(module: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def assert_refused(result: subprocess.CompletedProcess, *culprits: str) -> str:
-    """Exit status 2, the last stderr line an `error:` naming every culprit, no traceback,
-    no result on stdout. Returns that line."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 2, out[-3000:]
-    assert "Traceback" not in out, out[-3000:]
-    assert not result.stdout, result.stdout
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), last
-    assert "; " in last, last  # what is wrong; how to fix it
-    for culprit in culprits:
-        assert culprit in last, last
-    return last
+    """tests.refusals.assert_refused, with nothing on stdout and a fix in the line."""
+    return refusals.assert_refused(result, *culprits, quiet_stdout=True, with_fix=True)
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> dict:

@@ -22,9 +22,10 @@ PYTEST_DATA = [
 
 PYTEST_MAIN = "//tools/bazel:pytest_main.py"
 
-def pytest_tests(data = []):
+def pytest_tests(data = [], large = []):
     """One py_test per test_*.py of the calling package, each running pytest on its file,
-    plus a test_support library of the package's other .py files (conftest, fixtures)."""
+    plus a test_support library of the package's other .py files (conftest, fixtures).
+    Files named in `large` get Bazel's 15-minute timeout instead of 5."""
     native.py_library(
         name = "test_support",
         testonly = True,
@@ -34,6 +35,7 @@ def pytest_tests(data = []):
     for f in native.glob(["test_*.py"]):
         native.py_test(
             name = f[:-3],
+            size = "large" if f in large else "medium",
             srcs = [f, PYTEST_MAIN],
             main = PYTEST_MAIN,
             args = ["$(rootpath %s)" % f],
