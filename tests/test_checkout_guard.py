@@ -8,10 +8,10 @@ from tests.conftest import REPO, outside_checkout
 
 
 def test_a_file_beside_the_checkout_is_outside():
-    # /work/main is the checkout: /work/shared/x is beside it; /work/main/x, /tmp/x and
+    # /work/main is the checkout: /work/data/x.csv is beside it; /work/main/x, /tmp/x and
     # /usr/lib/x are not.
-    assert outside_checkout("/work/shared/data/x.csv", "/work/main", "/tmp")
-    assert outside_checkout("/work/main/../shared/x", "/work/main", "/tmp")
+    assert outside_checkout("/work/data/x.csv", "/work/main", "/tmp")
+    assert outside_checkout("/work/main/../sibling/x", "/work/main", "/tmp")
     assert not outside_checkout("/work/main/third_party/x", "/work/main", "/tmp")
     assert not outside_checkout("/tmp/pytest-1/x", "/work/main", "/tmp")
     assert not outside_checkout("/usr/lib/x", "/work/main", "/tmp")
