@@ -1,8 +1,10 @@
-"""Shared fixtures, and a guard that the tests read nothing outside the checkout.
+"""Shared fixtures, and a guard that the tests read nothing beside the checkout.
 
-A user's fresh clone has nothing beside it, so a test (or the code it runs) that opens a file
-next to the checkout would pass here and fail there. Every file opened by the test process
-under the checkout's parent folder must lie inside the checkout (or the temporary folder).
+A user's fresh clone has nothing beside it, so a test (or the code it runs in the test process)
+that opens a file in a folder next to the checkout would pass here and fail there. The guard
+refuses opening anything inside the folders that sit beside the checkout when the tests start,
+except hidden ones (caches such as ~/.keras when the checkout is in a home folder) and the
+temporary folder.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import pathlib
 import sys
 import tempfile
+from collections.abc import Callable
 
 import pytest
 
@@ -18,35 +21,46 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 OPENIMAGES = REPO / "third_party" / "openimages"
 
 
-def outside_checkout(path: str, repo: str, temp: str) -> bool:
-    """Whether `path` lies beside the checkout `repo`: under its parent folder but neither in
-    `repo` nor in the temporary folder `temp`."""
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def folders_beside(repo: str, temp: str) -> list[str]:
+    """The folders next to `repo` (in its parent) that a fresh clone would not have: not
+    hidden, not holding the temporary folder `temp`, not `repo` itself. None for a checkout at
+    the file system's root, whose "beside" is the whole system."""
     parent = os.path.dirname(repo)
     if parent in ("", os.sep):
-        return False  # a checkout at the file system's root has no "beside"
-    path = os.path.abspath(path)
-    inside = lambda root: path == root or path.startswith(root + os.sep)  # noqa: E731
-    return inside(parent) and not inside(repo) and not inside(temp)
+        return []
+    beside = []
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name)
+        if name.startswith(".") or path == repo or not os.path.isdir(path) or \
+                _inside(temp, path) or _inside(path, temp):
+            continue
+        beside.append(path)
+    return beside
 
 
-def _guard_reads_outside_the_checkout() -> None:
-    repo, temp = str(REPO), os.path.realpath(tempfile.gettempdir())
+def open_guard(repo: str, beside: list[str]) -> Callable[[str, tuple], None]:
+    """An audit hook that refuses the "open" of a path inside one of `beside`."""
 
     def hook(event: str, args: tuple) -> None:
         if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)):
-            path = os.fsdecode(args[0])
-            if outside_checkout(path, repo, temp):
+            path = os.path.abspath(os.fsdecode(args[0]))
+            if any(_inside(path, root) for root in beside):
                 raise PermissionError(
-                    f"{path} is outside the checkout {repo}: a fresh clone has nothing beside "
-                    "it; keep what the tests need inside the repository")
+                    f"{path} is beside the checkout {repo}: a fresh clone has nothing there; "
+                    "keep what the tests need inside the repository")
 
-    sys.addaudithook(hook)
+    return hook
 
 
 # Under Bazel the sandbox already shows a test only its declared inputs, and the runfiles
 # folder beside the checkout's copy holds other repositories' files legitimately.
 if "TEST_SRCDIR" not in os.environ:
-    _guard_reads_outside_the_checkout()
+    sys.addaudithook(open_guard(str(REPO), folders_beside(
+        str(REPO), os.path.realpath(tempfile.gettempdir()))))
 
 
 @pytest.fixture(scope="session")

@@ -4,23 +4,39 @@ import os
 
 import pytest
 
-from tests.conftest import REPO, outside_checkout
+from tests.conftest import folders_beside, open_guard
 
 
-def test_a_file_beside_the_checkout_is_outside():
-    # /work/main is the checkout: /work/data/x.csv is beside it; /work/main/x, /tmp/x and
-    # /usr/lib/x are not.
-    assert outside_checkout("/work/data/x.csv", "/work/main", "/tmp")
-    assert outside_checkout("/work/main/../sibling/x", "/work/main", "/tmp")
-    assert not outside_checkout("/work/main/third_party/x", "/work/main", "/tmp")
-    assert not outside_checkout("/tmp/pytest-1/x", "/work/main", "/tmp")
-    assert not outside_checkout("/usr/lib/x", "/work/main", "/tmp")
-    # A sibling whose name starts like the checkout's is still beside it.
-    assert outside_checkout("/work/main2/x", "/work/main", "/tmp")
+@pytest.fixture
+def layout(tmp_path):
+    """PARENT/checkout, PARENT/shared/x.csv, PARENT/.cache/y, PARENT/notes.txt, PARENT/tmp."""
+    parent = tmp_path / "parent"
+    for folder in ("checkout/data", "shared", ".cache", "tmp"):
+        (parent / folder).mkdir(parents=True)
+    for f in ("shared/x.csv", ".cache/y", "notes.txt", "checkout/data/z.csv"):
+        (parent / f).write_text("")
+    return parent
 
 
-@pytest.mark.skipif("TEST_SRCDIR" in os.environ, reason="Bazel's sandbox is the guard there")
-def test_opening_a_file_beside_the_checkout_fails(tmp_path):
-    beside = os.path.join(os.path.dirname(REPO), "no-such-file-beside-the-checkout")
-    with pytest.raises(PermissionError, match="outside the checkout"):
-        open(beside)
+def test_the_folders_beside_the_checkout(layout):
+    # shared/ is beside; the checkout, a hidden cache, a plain file and the temporary folder
+    # are not.
+    assert folders_beside(str(layout / "checkout"), str(layout / "tmp")) == \
+        [str(layout / "shared")]
+    # A checkout at the root has no "beside"; nor does one whose parent is the temp folder's.
+    assert folders_beside("/checkout", "/tmp") == []
+    assert folders_beside(str(layout / "checkout"), str(layout)) == []
+
+
+def test_the_hook_refuses_opening_a_file_beside_the_checkout(layout):
+    repo = str(layout / "checkout")
+    hook = open_guard(repo, folders_beside(repo, str(layout / "tmp")))
+    with pytest.raises(PermissionError, match="beside the checkout"):
+        hook("open", (str(layout / "shared" / "x.csv"), "r", 0))
+    with pytest.raises(PermissionError):
+        hook("open", (os.path.join(repo, "..", "shared", "x.csv"), "r", 0))
+    for allowed in (layout / "checkout" / "data" / "z.csv", layout / ".cache" / "y",
+                    layout / "tmp" / "w"):
+        hook("open", (str(allowed), "r", 0))
+    hook("open", (3, "r", 0))  # a file descriptor: nothing to check
+    hook("exec", (str(layout / "shared" / "x.csv"),))  # other events pass
