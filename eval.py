@@ -17,8 +17,11 @@ may be passed as is: the training flags in it that eval.py does not define are i
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
+import sys
 
 import tensorflow as tf
 from absl import app, flags
@@ -29,6 +32,7 @@ from engine.inference import Detector, Inference, load_detector
 from engine.run_dir import is_saved_model, latest_checkpoint, read_json
 from engine.strategy import is_chief, make_strategy, wait_for_all_workers
 from model.config import PostprocessConfig
+from oid import progress
 from oid.classes import load_classes
 from oid.hierarchy import load_hierarchy
 from oid.submission import ImageDetections, SubmissionWriter
@@ -67,6 +71,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
                   "auto: MultiWorkerMirrored when TF_CONFIG is set, else Mirrored over all GPUs, "
                   "else (one CPU) the default strategy.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
+flags.DEFINE_enum("progress", "auto", progress.MODES,
+                  progress.FLAG_HELP + " log: a line every --log_every_seconds.")
 flags.mark_flags_as_required(["records_dir", "model_dir"])
 for _name, _low in (("level", 0), ("batch_size", 1), ("max_detections", 1),
                     ("pre_nms_top_k", 1)):
@@ -127,15 +133,24 @@ def evaluate(evaluation: LevelEvaluation, inference: Inference, source: RecordSo
     if FLAGS.predictions_csv and chief:
         tf.io.gfile.makedirs(os.path.dirname(FLAGS.predictions_csv) or ".")
         writer = SubmissionWriter(FLAGS.predictions_csv)
+    # --progress: log keeps the inference loop's lines; bar and none replace them (its last
+    # line, the summary, stays).
+    mode = progress.resolve(FLAGS.progress, sys.stderr)
+    bar = progress.Progress(total=total, unit="images", description="eval", mode=mode) \
+        if mode != "log" else None
 
     def on_image(row, mids):
         if writer is not None:
             dets = row.detections[0]
             writer.write(ImageDetections(row.image_id, dets.boxes, dets.scores, mids))
+        if bar is not None:
+            bar.update(1)
 
     try:
-        result = evaluation.evaluate(inference, source, FLAGS.batch_size, total=total,
-                                     on_image=on_image)
+        with bar or contextlib.nullcontext():
+            result = evaluation.evaluate(
+                inference, source, FLAGS.batch_size, total=total, on_image=on_image,
+                log_every_seconds=FLAGS.log_every_seconds if bar is None else math.inf)
     except BaseException:
         if writer is not None:
             writer.abort()

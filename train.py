@@ -14,9 +14,12 @@ what a variant changes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import sys
+from collections.abc import Callable
 
 import keras
 import tensorflow as tf
@@ -32,6 +35,7 @@ from engine.strategy import make_strategy, wait_for_all_workers
 from engine.trainer import TrainConfig, Trainer, TrainingStoppedError
 from model.backbones import BACKBONES
 from model.config import LossConfig, ModelConfig
+from oid import progress
 from tfrecords.input_pipeline import InputConfig, build_dataset, list_files
 from tfrecords.layout import LevelRecords, RecordsLayout
 from tfrecords.reader import CORRUPTION
@@ -132,6 +136,8 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
 flags.DEFINE_integer("checkpoint_every_steps", _TRAIN.checkpoint_every_steps,
                      "Checkpoint interval (and every epoch end).")
 flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Log and TensorBoard interval.")
+flags.DEFINE_enum("progress", "auto", progress.MODES,
+                  progress.FLAG_HELP + " log: a line every --log_every_steps.")
 flags.DEFINE_bool("export", True, "Write the inference SavedModel at the end.")
 # Evaluation during training.
 flags.DEFINE_integer("eval_every_epochs", 0,
@@ -301,6 +307,25 @@ def copy_matching_weights(source: keras.Model, target: keras.Model) -> int:
     return copied
 
 
+def step_progress(run: RunConfig, start: int, global_batch_size: int
+                  ) -> tuple[contextlib.AbstractContextManager, Callable[[int, dict], None] | None]:
+    """(context, Trainer.fit's progress hook) for --progress: bar, a bar over the run's steps
+    from `start` with the epoch, loss and images/s; none, silence; log, no hook (the trainer's
+    own line every --log_every_steps)."""
+    mode = progress.resolve(FLAGS.progress, sys.stderr)
+    total = run.train.epochs * run.train.steps_per_epoch
+    if mode == "log" or start >= total:
+        return contextlib.nullcontext(), None
+    bar = progress.Progress(total=total, unit="steps", description="train", mode=mode,
+                            initial=start)
+
+    def on_step(step: int, losses: dict) -> None:
+        bar.update(1, epoch=f"{(step - 1) // run.train.steps_per_epoch + 1}/{run.train.epochs}",
+                   loss=losses["loss"], **{"images/s": bar.rate * global_batch_size})
+
+    return bar, on_step
+
+
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
@@ -330,10 +355,12 @@ def main(argv):
 
     # -- train ---------------------------------------------------------------------------
     label_fn = trainer.pipeline_label_fn()
+    shown, on_step = step_progress(run, trainer.restore(), FLAGS.global_batch_size)
     try:
-        trainer.fit(lambda ctx: build_dataset(run.input, ctx, label_fn),
-                    FLAGS.global_batch_size, on_epoch_end=on_epoch_end,
-                    stop_reason=lambda: CORRUPTION.fatal)
+        with shown:
+            trainer.fit(lambda ctx: build_dataset(run.input, ctx, label_fn),
+                        FLAGS.global_batch_size, on_epoch_end=on_epoch_end,
+                        stop_reason=lambda: CORRUPTION.fatal, progress=on_step)
     except (TrainingStoppedError, tf.errors.OutOfRangeError):
         if not CORRUPTION.fatal:  # the input ran dry for another reason
             raise

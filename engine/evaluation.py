@@ -107,11 +107,12 @@ class LevelEvaluation:
     def evaluate(self, inference: Inference, source: Source, global_batch_size: int,
                  detector_index: int = 0, total: int | None = None,
                  on_image: Callable[[ImageResult, np.ndarray], None] | None = None,
-                 ) -> LevelResult:
+                 log_every_seconds: float = 10.0) -> LevelResult:
         """Runs `inference` over `source` and scores detector `detector_index`'s detections.
 
-        on_image(row, mids) is called for every image (e.g. to write a submission), mids
-        being the detections' MIDs.
+        on_image(row, mids) is called for every image (e.g. to write a submission, or to
+        advance a progress bar), mids being the detections' MIDs. log_every_seconds: the
+        inference loop's progress lines (math.inf: only its last line).
         """
         self.evaluator.reset()  # a previous evaluate()'s detections go; the ground truth is re-added
         self.evaluator.add_ground_truth_frames(self._boxes, self._labels)
@@ -119,7 +120,8 @@ class LevelEvaluation:
         lut = np.array([self.classes.index(m) for m in detector.mids], np.int32)
         buffer: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         buffered = 0
-        for row in inference.run(source, global_batch_size, total=total, what="eval"):
+        for row in inference.run(source, global_batch_size, total=total, what="eval",
+                                 log_every_seconds=log_every_seconds):
             dets = row.detections[detector_index]
             if on_image is not None:
                 on_image(row, detector.mids[dets.classes])

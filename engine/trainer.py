@@ -284,7 +284,8 @@ class Trainer:
     def fit(self, make_dataset: Callable[[tf.distribute.InputContext], tf.data.Dataset],
             global_batch_size: int,
             on_epoch_end: Callable[[int, dict], None] | None = None,
-            stop_reason: Callable[[], str | None] | None = None) -> dict:
+            stop_reason: Callable[[], str | None] | None = None,
+            progress: Callable[[int, dict], None] | None = None) -> dict:
         """Trains until epochs x steps_per_epoch steps; returns the last epoch's mean losses.
 
         Args:
@@ -293,6 +294,9 @@ class Trainer:
           on_epoch_end: called with (epoch, mean losses) after each epoch's checkpoint.
           stop_reason: called after every step; a message stops the run with TrainingStoppedError
             (e.g. the input found a broken records file).
+          progress: called after every step with (step, its losses); it reports progress
+            (e.g. an oid.progress.Progress bar) instead of the log line every log_every_steps
+            (TensorBoard gets its scalars either way).
 
         Raises:
           TrainingStoppedError: with stop_reason's message.
@@ -335,6 +339,8 @@ class Trainer:
                         sums[k] = sums.get(k, 0.0) + v
                     n += 1
                     images_since_log += global_batch_size
+                    if progress is not None:
+                        progress(step, losses)
                     if step % cfg.log_every_steps == 0 or step == total:
                         now = time.monotonic()
                         rate = images_since_log / max(now - t_log, 1e-9)
@@ -343,9 +349,11 @@ class Trainer:
                             tf.summary.scalar(f"train/{k}", v, step=step)
                         tf.summary.scalar("train/learning_rate", lr, step=step)
                         tf.summary.scalar("train/images_per_second", rate, step=step)
-                        log.info("step %d/%d epoch %d: loss %.4f (cls %.4f, box %.4f), lr %.2e, "
-                                 "%.1f images/s", step, total, epoch + 1, losses["loss"],
-                                 losses["cls_loss"], losses["box_loss"], lr, rate)
+                        if progress is None:
+                            log.info("step %d/%d epoch %d: loss %.4f (cls %.4f, box %.4f), "
+                                     "lr %.2e, %.1f images/s", step, total, epoch + 1,
+                                     losses["loss"], losses["cls_loss"], losses["box_loss"], lr,
+                                     rate)
                         t_log, images_since_log = now, 0
                     if step % cfg.checkpoint_every_steps == 0:
                         self.save()

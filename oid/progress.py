@@ -75,8 +75,8 @@ def format_rate(rate: float) -> str:
 def _value(v: object) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
+    if isinstance(v, int) or abs(v) >= 1000:  # 12,345 rather than 1.234e+04
+        return f"{v:,.0f}"
     return f"{v:.4g}"
 
 
@@ -160,8 +160,9 @@ class Progress:
 
     def update(self, n: int = 1, **postfix) -> None:
         """Counts `n` more units; `postfix` (name=value, e.g. loss=0.81) replaces the
-        figures shown after the standard ones (floats with 4 significant digits, ints with
-        thousands separators, anything else as str())."""
+        figures shown after the standard ones (ints, and floats from 1,000 up, whole with
+        thousands separators; smaller floats with 4 significant digits; anything else as
+        str())."""
         with self._lock:
             if self._closed:
                 return

@@ -194,9 +194,9 @@ def test_updates_after_close_are_ignored():
 def test_zero_total_is_complete_and_postfix_values_are_formatted_by_type():
     clock, out = Clock(), io.StringIO()
     bar = Progress(total=0, unit="shards", mode="bar", stream=out, clock=clock)
-    bar.update(0, images=12345, loss=0.000123456, note="ok", flag=True)
+    bar.update(0, images=12345, rate=2345.6, loss=0.000123456, note="ok", flag=True)
     assert bar.frame() == ("100% [####################] 0/0 shards, 0.0 shards/s, 0:00 elapsed, "
-                           "ETA ?, images 12,345, loss 0.0001235, note ok, flag True")
+                           "ETA ?, images 12,345, rate 2,346, loss 0.0001235, note ok, flag True")
 
 
 def test_durations_rates_and_bad_arguments():
