@@ -321,7 +321,7 @@ def step_progress(run: RunConfig, start: int, global_batch_size: int
 
     def on_step(step: int, losses: dict) -> None:
         bar.update(1, epoch=f"{(step - 1) // run.train.steps_per_epoch + 1}/{run.train.epochs}",
-                   loss=losses["loss"], **{"images/s": bar.rate * global_batch_size})
+                   loss=losses["loss"], **{"images/s": f"{bar.rate * global_batch_size:.1f}"})
 
     return bar, on_step
 

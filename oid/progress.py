@@ -18,8 +18,12 @@ Modes (the `--progress` flag of make_records.py, train.py, eval.py):
   none  nothing.
   auto  bar when the stream is a terminal (stream.isatty()), else log.
 
-The total may be unknown (None): no percentage, bar or ETA then. Rates are averages since the
-start (units counted from `initial`, e.g. the step a training run resumed at). While a bar is
+The total may be unknown (None): no percentage, bar or ETA then. The rate, and the ETA from
+it, run from the first update that counted units to the latest one: the start-up before
+the first unit (building a model, tracing a step, starting workers) is left out, as is the
+time since work last advanced; until two updates have counted units it is the average since
+the start. The "done" line gives the average over the whole run. Units are counted from
+`initial` (e.g. the step a training run resumed at). While a bar is
 shown, log records that the root logger writes to the same stream first erase it, so that
 they do not end up glued to the bar; the next update draws it again below them.
 
@@ -122,6 +126,8 @@ class Progress:
         self._columns = columns if columns is not None else self._terminal_columns()
         self._clock = clock
         self._start = self._last_line = clock()
+        self._first: tuple[float, int] | None = None  # (time, count) after the first units
+        self._latest: tuple[float, int] | None = None  # (time, count) after the latest units
         self._last_draw = -math.inf
         self._shown = 0  # characters of the bar on screen; 0: none
         self._closed = False
@@ -144,6 +150,16 @@ class Progress:
 
     @property
     def rate(self) -> float:
+        """Units per second between the first and the latest update that counted units;
+        until there are two, the average since the start (0 before any time has passed)."""
+        if self._first is not None and self._latest is not None:
+            (t0, n0), (t1, n1) = self._first, self._latest
+            if t1 > t0 and n1 > n0:
+                return (n1 - n0) / (t1 - t0)
+        return self.average_rate
+
+    @property
+    def average_rate(self) -> float:
         """Units per second since the start (0 before any time has passed)."""
         elapsed = self.elapsed
         return (self.count - self._initial) / elapsed if elapsed > 0 else 0.0
@@ -171,6 +187,10 @@ class Progress:
             if postfix:
                 self.postfix = dict(postfix)
             now = self._clock()
+            if n:
+                self._latest = (now, self.count)
+                if self._first is None:
+                    self._first = self._latest
             if self.mode == "bar":
                 if now - self._last_draw >= self._min_interval:
                     self._draw()
@@ -213,7 +233,7 @@ class Progress:
         text = self._prefix() + self._counted()
         if self.total is not None:
             text += f" ({self._percent():.0f}%)"
-        text += f", {format_rate(self.rate)} {self.unit}/s"
+        text += f", {format_rate(self.average_rate if done else self.rate)} {self.unit}/s"
         eta = self.eta
         if done:
             text += f", done in {self.elapsed:.0f} s"

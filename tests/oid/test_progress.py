@@ -1,7 +1,9 @@
 """oid.progress: exact bars and log lines on a StringIO with a fake clock.
 
-Golden lines are worked out by hand in the comments: rate = (count - initial) / elapsed,
-ETA = (total - count) / rate, bar cells = 20 * count // total.
+Golden lines are worked out by hand in the comments: rate = units counted after the first
+update that counted any / seconds since it (with one such update only: (count - initial) /
+elapsed), ETA = (total - count) / rate, the done line's rate = (count - initial) / elapsed,
+bar cells = 20 * count // total.
 """
 
 import io
@@ -33,16 +35,17 @@ def test_log_lines_every_n_seconds_with_rate_eta_and_the_done_line():
     with Progress(total=100, unit="images", description="eval", mode="log", stream=out,
                   log_every_seconds=10, clock=clock) as bar:
         clock.now = 4
-        bar.update(20)  # 4 s since the start: no line yet
+        bar.update(20)  # the first units, 4 s after the start: no line yet
         clock.now = 10
-        bar.update(20)  # 40 in 10 s: 4.0/s; 60 left / 4 = 15 s
+        bar.update(20)  # (40 - 20) / (10 - 4) s = 3.33/s; 60 left / 3.33 = 18 s
         clock.now = 12
         bar.update(10)  # 2 s since the last line
         clock.now = 25
-        bar.update(50, loss=0.5)  # 100 in 25 s: 4.0/s, nothing left
+        bar.update(50, loss=0.5)  # (100 - 20) / (25 - 4) s = 3.81/s, nothing left
     assert out.getvalue() == (
-        "eval: 40/100 images (40%), 4.0 images/s, ETA 15 s\n"
-        "eval: 100/100 images (100%), 4.0 images/s, ETA 0 s, loss 0.5\n"
+        "eval: 40/100 images (40%), 3.3 images/s, ETA 18 s\n"
+        "eval: 100/100 images (100%), 3.8 images/s, ETA 0 s, loss 0.5\n"
+        # The whole run: 100 in 25 s.
         "eval: 100/100 images (100%), 4.0 images/s, done in 25 s, loss 0.5\n")
 
 
@@ -56,9 +59,10 @@ def test_log_lines_every_n_units_with_an_unknown_total():
     clock.now = 8
     bar.close()
     bar.close()  # idempotent
-    # 60 passes 50 at 4 s: 15.0/s; 100 at 6 s: 16.67/s; done at 8 s: 100 / 8 = 12.5/s.
+    # First units: 30 at 2 s. 60 passes 50 at 4 s: 30 / 2 s = 15.0/s; 100 at 6 s: 70 / 4 s =
+    # 17.5/s; done at 8 s: 100 / 8 = 12.5/s.
     assert out.getvalue() == ("train: 60 steps, 15.0 steps/s\n"
-                              "train: 100 steps, 16.7 steps/s\n"
+                              "train: 100 steps, 17.5 steps/s\n"
                               "train: 100 steps, 12.5 steps/s, done in 8 s\n")
 
 
@@ -67,7 +71,8 @@ def test_log_lines_go_to_the_log_callable_when_given():
     with Progress(total=4, unit="shards", mode="log", stream=out, log=lines.append,
                   log_every_seconds=0, clock=clock) as bar:
         clock.now = 2
-        bar.update(1)  # 1 in 2 s: 0.5/s (three decimals below 1/s); 3 left / 0.5 = 6 s
+        bar.update(1)  # one update only: 1 in 2 s = 0.5/s (three decimals below 1/s); 3 left
+        # / 0.5 = 6 s
     assert out.getvalue() == ""
     assert lines == ["1/4 shards (25%), 0.500 shards/s, ETA 6 s",
                      "1/4 shards (25%), 0.500 shards/s, done in 2 s"]
@@ -87,20 +92,22 @@ def test_bar_redraws_at_most_every_min_interval_and_pads_a_shorter_frame():
     with Progress(total=200, unit="images", description="eval", mode="bar", stream=out,
                   min_interval=0.25, clock=clock) as bar:
         clock.now = 0.1
-        bar.update(10)  # 0.1 s after the first frame: not drawn
+        bar.update(10)  # the first units, 0.1 s after the first frame: not drawn
         clock.now = 5
-        bar.update(40, loss=0.123456)  # 50 in 5 s: 10.0/s; 150 left: 15 s; 20*50//200 = 5
+        bar.update(40, loss=0.123456)  # 40 / 4.9 s = 8.16/s; 150 left: 18 s; 20*50//200 = 5
         clock.now = 80
-        bar.update(150, loss=2)  # 200 in 80 s: 2.5/s; full
+        bar.update(150, loss=2)  # 190 / 79.9 s = 2.38/s; full
+        clock.now = 90  # no more units: the rate stays
     first = "eval:   0% [....................] 0/200 images, 0.0 images/s, 0:00 elapsed, ETA ?"
-    second = ("eval:  25% [#####...............] 50/200 images, 10.0 images/s, 0:05 elapsed, "
-              "ETA 0:15, loss 0.1235")
-    # One character more in the count ("200/200"), one fewer in the rate ("2.5") and five
-    # fewer in the loss ("2"): five spaces cover the end of the previous frame.
-    third = ("eval: 100% [####################] 200/200 images, 2.5 images/s, 1:20 elapsed, "
+    second = ("eval:  25% [#####...............] 50/200 images, 8.2 images/s, 0:05 elapsed, "
+              "ETA 0:18, loss 0.1235")
+    # One character more in the count ("200/200") and five fewer in the loss ("2"): four
+    # spaces cover the end of the previous frame.
+    third = ("eval: 100% [####################] 200/200 images, 2.4 images/s, 1:20 elapsed, "
              "ETA 0:00, loss 2")
-    assert out.getvalue() == ("\r" + first + "\r" + second + "\r" + third + " " * 5
-                              + "\r" + third + "\n")
+    last = third.replace("1:20 elapsed", "1:30 elapsed")
+    assert out.getvalue() == ("\r" + first + "\r" + second + "\r" + third + " " * 4
+                              + "\r" + last + "\n")
 
 
 def test_bar_with_an_unknown_total_has_no_percent_bar_or_eta():
