@@ -76,9 +76,9 @@ from apache_beam.runners.portability.portable_runner import JobServiceHandle
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
 from beam_jobs import images as image_ops
-from beam_jobs import logs, worker
+from beam_jobs import logs, watch, worker
 from beam_jobs.plan import Plan, PlanConfig, plan_level
-from oid import errors, fileio
+from oid import errors, fileio, progress
 from oid.annotations import (
     BOX_COLUMNS,
     IMAGE_ID_PATTERN,
@@ -134,7 +134,12 @@ flags.DEFINE_float("max_dominant_fraction", None,
 flags.DEFINE_list("dominant_classes", [], "MIDs of the dominant classes (default: top-K).")
 flags.DEFINE_integer("dominant_top_k", 1, "Dominant classes = the level's K largest by boxes.")
 flags.DEFINE_bool("strict", False, "Fail on the first bad annotation row instead of skipping it.")
-flags.DEFINE_integer("log_every", 500, "Progress line every N images per worker.")
+flags.DEFINE_integer("log_every", 500, "Progress line every N images per worker "
+                     "(--progress=log).")
+flags.DEFINE_enum("progress", "auto", progress.MODES,
+                  progress.FLAG_HELP + " Counts the images done per split, watched by the "
+                  "driver; log: a line every 30 s and each worker's line every --log_every "
+                  "images.")
 flags.DEFINE_integer("shuffle_seed", 0, "Seed of the record order within and across shards.")
 flags.DEFINE(flags.EnumParser(logs.LEVELS, case_sensitive=False), "beam_log_level",
              logs.DEFAULT_BEAM_LEVEL,
@@ -442,7 +447,8 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
 
     Args:
       make_pipeline: () -> beam.Pipeline (e.g. a TestPipeline in tests).
-      args: max_side, jpeg_quality, num_shards, shard_size_mb, log_every.
+      args: max_side, jpeg_quality, num_shards, shard_size_mb, log_every, and progress
+        ("bar", "log" (default) or "none": see watch.py; the workers' lines only with "log").
 
     Returns:
       The level's stats.json content.
@@ -464,10 +470,18 @@ def run_level(level_dir: str, plan: Plan, image_dirs: dict[str, str], splits, la
         with FileSystems.create(files.labels) as f:
             f.write(json.dumps(labels_json, indent=1).encode() + b"\n")
     t0 = time.monotonic()
-    with make_pipeline() as p:
-        build_pipeline(p, pattern, level_dir, image_dirs, shards, args["max_side"],
-                       args["jpeg_quality"], plan.stats, plan.skipped, len(plan.annotations),
-                       args["log_every"])
+    mode = args.get("progress", "log")
+    planned = watch.planned_per_shard(Counter(a.split for a in plan.annotations),
+                                      {s: n for s, n in shards.items() if n})
+    watcher = watch.ShardWatcher(level_dir, fileio.join(level_dir, TEMP_DIR), planned)
+    with progress.Progress(total=len(plan.annotations), unit="images",
+                           description=level_dir.rstrip("/").rsplit("/", 1)[-1], mode=mode,
+                           log=logging.info, log_every_seconds=30) as bar, \
+            watch.watch_shards(watcher, bar, interval=0.5 if "://" not in level_dir else 10):
+        with make_pipeline() as p:
+            build_pipeline(p, pattern, level_dir, image_dirs, shards, args["max_side"],
+                           args["jpeg_quality"], plan.stats, plan.skipped,
+                           len(plan.annotations), args["log_every"] if mode == "log" else 0)
     elapsed = time.monotonic() - t0
     _delete([plan_dir, fileio.join(level_dir, TEMP_DIR)])
     remove_stale_shards(level_dir, splits, shards)
@@ -733,6 +747,7 @@ def prepare(argv: list[str]) -> Job:
     layout, out = DataLayout(FLAGS.data_dir), FLAGS.output_dir
     args = {k: FLAGS[k].value for k in ("max_side", "jpeg_quality", "num_shards",
                                         "shard_size_mb", "log_every", "shuffle_seed")}
+    args["progress"] = progress.resolve(FLAGS.progress, sys.stderr)
     make_pipeline = make_pipeline_factory(beam_args, FLAGS.beam_log_level)
     if FLAGS.split == "test":
         check_data_dir(FLAGS.data_dir, folders=[layout.image_dir("test")])
