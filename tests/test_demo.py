@@ -2,9 +2,12 @@
 
 import csv
 import importlib.util
+import io
+import logging
 import os
 
 from oid import demo_data
+from oid.progress import Progress
 from oid.split import is_val
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,3 +45,52 @@ def test_validation_set_is_the_records_val_split_of_every_class(tmp_path):
         assert list(csv.DictReader(f)) == expected
     assert _ids(labels) <= val_ids and _ids(boxes) <= val_ids
     assert len({r["LabelName"] for r in expected}) > 1
+
+
+def _as_shown(text: str) -> list[str]:
+    """The lines a terminal shows for `text`: a carriage return moves back to the line's start,
+    where the following characters overwrite the old ones."""
+    shown = []
+    for line in text.split("\n"):
+        cells: list[str] = []
+        col = 0
+        for ch in line:
+            if ch == "\r":
+                col = 0
+                continue
+            cells[col:col + 1] = [ch]
+            col += 1
+        shown.append("".join(cells).rstrip())
+    return shown
+
+
+def test_stage_output_sends_the_bar_to_the_terminal_and_every_other_line_to_the_log():
+    demo = _demo_module()
+    stage = io.StringIO()  # what a stage run with --progress=bar writes
+    handler = logging.StreamHandler(stage)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    now = [0.0]
+    try:
+        stage.write("starting\n")
+        with Progress(total=2, unit="steps", description="train", mode="bar", stream=stage,
+                      min_interval=0, clock=lambda: now[0]) as bar:
+            now[0] = 1
+            bar.update(1)
+            logging.getLogger("tests.demo").warning("epoch 1 done")  # erases the bar
+            now[0] = 2
+            bar.update(1)
+        stage.write("finished\n")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    log, terminal = io.StringIO(), io.StringIO()
+    split = demo.StageOutput(log, terminal)
+    text = stage.getvalue()
+    for i in range(0, len(text), 7):  # as the pipe hands it over, in pieces
+        split.feed(text[i:i + 7])
+    # 2 steps in 2 s: 1.0 steps/s.
+    last = ("train: 100% [####################] 2/2 steps, 1.0 steps/s, 0:02 elapsed, "
+            "ETA 0:00")
+    assert log.getvalue() == f"starting\nWARNING epoch 1 done\n{last}\nfinished\n"
+    assert _as_shown(terminal.getvalue()) == [last, ""]
+    assert "train:  50% [##########..........] 1/2 steps" in terminal.getvalue()

@@ -8,15 +8,23 @@ Every stage is the command a user would run (printed before it runs), in a subpr
 demo exercises exactly the entry points. Everything goes under --out. Training resumes from
 its checkpoints when the demo is run again; the other stages are redone.
 
+Progress: the records stage writes to the demo's own stderr, so it shows a bar at a terminal
+and log lines elsewhere (its --progress=auto). The stages whose output goes to OUT/logs/ show
+their bar at a terminal too (they run with --progress=bar and the demo splits their output:
+the bar to the terminal, every other line to the log file); elsewhere, as in CI, their log
+files hold the usual lines.
+
   python tools/demo.py [--out demo_out] [--seed 0] [--images 600] [--flagfile demo.flags]
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import csv
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,13 +38,58 @@ VAL_FRACTION = 0.15  # the records' --val_fraction: the same ImageIDs are val fo
 MAX_SIDE = 320
 
 
-def run(cmd: list[str], log_path: str | None = None) -> float:
+class StageOutput:
+    """Splits the output of a command run with --progress=bar (oid/progress.py): its bar's
+    frames go to `terminal`, every other line to `log`, and the bar's last frame to both.
+
+    A frame is what follows a carriage return; the bar erases itself before a log record with
+    "\r" + spaces + "\r", so the text after such a blank segment is a log line.
+    """
+
+    def __init__(self, log, terminal):
+        self.log, self.terminal = log, terminal
+        self.segment = ""  # the text since the last "\r" or "\n"
+        self.frame = False  # whether that text is a frame
+
+    def feed(self, text: str) -> None:
+        for piece in re.split(r"([\r\n])", text):
+            if piece == "\r":
+                erase = bool(self.segment) and not self.segment.strip()
+                self.frame, self.segment = not erase, ""
+            elif piece == "\n":
+                if self.frame:  # the bar's last frame, left on screen
+                    self.terminal.write("\n")
+                    self.terminal.flush()
+                    self.log.write(self.segment.rstrip() + "\n")
+                else:
+                    self.log.write(self.segment + "\n")
+                self.segment, self.frame = "", False
+            elif piece:
+                self.segment += piece
+                if self.frame:
+                    self.terminal.write("\r" + self.segment)
+                    self.terminal.flush()
+
+
+def run(cmd: list[str], log_path: str | None = None, bar: bool = False) -> float:
     """Runs one stage; returns its wall seconds. Output goes to the terminal, or to log_path
-    (then its tail is shown if the stage fails)."""
+    (then its tail is shown if the stage fails). With `bar`, a stage that logs to log_path
+    still shows its progress bar when the demo's stderr is a terminal (StageOutput)."""
     print("$ " + " ".join(shlex.quote(c) for c in cmd), flush=True)
     start = time.perf_counter()
     if log_path is None:
         code = subprocess.call(cmd, cwd=ROOT)
+    elif bar and sys.stderr.isatty():
+        # The stage's stderr is a pipe here, where --progress=auto would choose log lines.
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([*cmd, "--progress=bar"], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT)
+            split = StageOutput(log, sys.stderr)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+                split.feed(decoder.decode(chunk))
+            split.feed(decoder.decode(b"", final=True))
+            code = proc.wait()
     else:
         with open(log_path, "w") as log:
             code = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -130,12 +183,12 @@ def main(argv=None) -> int:
         train_s = run([py, "train.py", f"--flagfile={args.flagfile}", f"--level={level}",
                        f"--records_dir={records}", f"--model_dir={model_dir}",
                        *shlex.split(args.train_args)],
-                      os.path.join(logs, f"train_level{level}.log"))
+                      os.path.join(logs, f"train_level{level}.log"), bar=True)
         eval_dir = os.path.join(out, "eval", f"level{level}")
         eval_s = run([py, "eval.py", f"--flagfile={args.flagfile}", f"--level={level}",
                       f"--records_dir={records}", f"--model_dir={model_dir}",
                       f"--data_dir={data}", f"--output_dir={eval_dir}"],
-                     os.path.join(logs, f"eval_level{level}.log"))
+                     os.path.join(logs, f"eval_level{level}.log"), bar=True)
         with open(os.path.join(eval_dir, "metrics.json")) as f:
             level_map = json.load(f)["mAP"]
         summary["levels"][str(level)] = {"mAP": level_map, "train_s": round(train_s, 1),
