@@ -94,3 +94,8 @@ def test_stage_output_sends_the_bar_to_the_terminal_and_every_other_line_to_the_
     assert log.getvalue() == f"starting\nWARNING epoch 1 done\n{last}\nfinished\n"
     assert _as_shown(terminal.getvalue()) == [last, ""]
     assert "train:  50% [##########..........] 1/2 steps" in terminal.getvalue()
+
+    narrow = io.StringIO()
+    split = demo.StageOutput(io.StringIO(), narrow, columns=21)
+    split.feed(text)
+    assert _as_shown(narrow.getvalue()) == [last[:20], ""]  # a line that never wraps

@@ -43,11 +43,13 @@ class StageOutput:
     frames go to `terminal`, every other line to `log`, and the bar's last frame to both.
 
     A frame is what follows a carriage return; the bar erases itself before a log record with
-    "\r" + spaces + "\r", so the text after such a blank segment is a log line.
+    "\r" + spaces + "\r", so the text after such a blank segment is a log line. Frames are
+    cut to columns - 1 characters (the stage, writing to a pipe, cannot know the terminal's
+    width), since a line that wraps cannot be redrawn.
     """
 
-    def __init__(self, log, terminal):
-        self.log, self.terminal = log, terminal
+    def __init__(self, log, terminal, columns: int | None = None):
+        self.log, self.terminal, self.columns = log, terminal, columns
         self.segment = ""  # the text since the last "\r" or "\n"
         self.frame = False  # whether that text is a frame
 
@@ -67,7 +69,8 @@ class StageOutput:
             elif piece:
                 self.segment += piece
                 if self.frame:
-                    self.terminal.write("\r" + self.segment)
+                    shown = self.segment[:self.columns - 1] if self.columns else self.segment
+                    self.terminal.write("\r" + shown)
                     self.terminal.flush()
 
 
@@ -84,7 +87,7 @@ def run(cmd: list[str], log_path: str | None = None, bar: bool = False) -> float
         with open(log_path, "w") as log:
             proc = subprocess.Popen([*cmd, "--progress=bar"], cwd=ROOT, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT)
-            split = StageOutput(log, sys.stderr)
+            split = StageOutput(log, sys.stderr, shutil.get_terminal_size().columns)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for chunk in iter(lambda: proc.stdout.read1(65536), b""):
                 split.feed(decoder.decode(chunk))
