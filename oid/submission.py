@@ -232,19 +232,35 @@ def merge_levels(per_level: Sequence[ImageDetections]) -> ImageDetections:
 def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[ImageDetections]:
     """Joins several levels' streams of ImageDetections by ImageId, whatever their order.
 
-    The streams are read in lockstep, one image from each in turn. An image is
-    yielded (merge_levels, streams in the given order) as soon as every stream
-    that has not ended has listed it; an image missing from a stream comes out
-    when that stream ends, with the other levels' rows.
+    join_by_image_id, each image's rows concatenated (merge_levels, streams in
+    the given order): an image missing from a stream comes out with the other
+    levels' rows.
+
+    Raises:
+      ValueError when a stream lists the same ImageId twice.
+    """
+    for _, slots in join_by_image_id(streams):
+        yield merge_levels([d for d in slots if d is not None])
+
+
+def join_by_image_id(streams: Sequence[Iterable[ImageDetections]],
+                     ) -> Iterator[tuple[str, list[ImageDetections | None]]]:
+    """Joins several streams of ImageDetections by ImageId, whatever their order.
+
+    Yields (image_id, one slot per stream: its ImageDetections, or None when
+    the stream does not list the image). The streams are read in lockstep, one
+    image from each in turn. An image is yielded as soon as every stream that
+    has not ended has listed it; an image missing from a stream comes out when
+    that stream ends.
 
     Memory: only the images read from some stream and not yet from every
     stream still running are held. When the streams list their images in the
-    same order (predict.py reads the same test records for every level), that
-    is at most one image and everything streams. In general, if an image's
-    positions in two streams differ by at most D, at most (number of streams) x D
-    images are held, plus the images a stream never lists, which wait until it
-    ends. The ids already yielded are remembered (about 70 bytes an image) to
-    refuse a stream that lists an image twice.
+    same order (predict.py's caches and submissions do), that is at most one
+    image and everything streams. In general, if an image's positions in two
+    streams differ by at most D, at most (number of streams) x D images are
+    held, plus the images a stream never lists, which wait until it ends. The
+    ids already yielded are remembered (about 70 bytes an image) to refuse a
+    stream that lists an image twice.
 
     Raises:
       ValueError when a stream lists the same ImageId twice.
@@ -258,9 +274,9 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
     def complete(slots: list[ImageDetections | None]) -> bool:
         return all(d is not None or not live[t] for t, d in enumerate(slots))
 
-    def merged(image_id: str) -> ImageDetections:
+    def joined(image_id: str) -> tuple[str, list[ImageDetections | None]]:
         done.add(image_id)
-        return merge_levels([d for d in pending.pop(image_id) if d is not None])
+        return image_id, pending.pop(image_id)
 
     while any(live):
         for s in range(n):
@@ -270,7 +286,7 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
             if dets is None:
                 live[s] = False
                 for image_id in [i for i, slots in pending.items() if complete(slots)]:
-                    yield merged(image_id)
+                    yield joined(image_id)
                 continue
             image_id = dets.image_id
             slots = pending.get(image_id)
@@ -282,7 +298,7 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
                 raise ValueError(f"stream {s} lists image {image_id!r} twice")
             slots[s] = dets
             if complete(slots):
-                yield merged(image_id)
+                yield joined(image_id)
 
 
 # -- several models of one level -------------------------------------------------------------
