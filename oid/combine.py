@@ -267,14 +267,15 @@ def combine_streams(streams: Sequence[Iterable[ImageDetections]], combination: C
 _SELECTOR = re.compile(r"(.+)=([^=]+)")
 
 
-def _pairs(flag: str, values: Sequence[str], kind) -> list[tuple[str, object]]:
+def _pairs(flag: str, values: Sequence[str], kind) -> list[tuple[str, object, str]]:
+    """(selector, value, the flag's text) of each SOURCE=VALUE."""
     out = []
     for value in values:
         match = _SELECTOR.fullmatch(value)
         try:
             if not match:
                 raise ValueError
-            out.append((match[1], kind(match[2])))
+            out.append((match[1], kind(match[2]), value))
         except ValueError:
             raise UsageError(flag, value, "expected SOURCE=VALUE, SOURCE being levelN, a "
                                           "model's cache folder or run directory, or a "
@@ -304,19 +305,21 @@ def build_sources(args) -> tuple[list[SourceSpec], list[tuple[ModelCache | None,
     models.sort(key=lambda m: (m.level if m.level is not None else 1 << 30))
     found = [(m, m.path) for m in models] + [(None, p) for p in args.submission]
     if not found:
-        raise UsageError("--cache", "", "nothing to combine: pass --cache and/or --submission")
+        raise ValueError("nothing to combine; pass --cache and/or --submission")
     weights = _pairs("--weight", args.weight, float)
     thresholds = _pairs("--source_threshold", args.source_threshold, float)
     for flag, pairs in (("--weight", weights), ("--source_threshold", thresholds)):
-        for selector, value in pairs:
+        for selector, _, text in pairs:
             if not any(_matches(selector, c, p) for c, p in found):
-                raise UsageError(flag, f"{selector}={value}", "matches no source; use levelN, a "
+                raise UsageError(flag, text, "matches no source; use levelN, a "
                                                               "model's cache folder or run "
                                                               "directory, or a --submission")
     sources = []
     for cache, path in found:
-        weight = next((v for s, v in reversed(weights) if _matches(s, cache, path)), 1.0)
-        threshold = next((v for s, v in reversed(thresholds) if _matches(s, cache, path)), 0.0)
+        # The last flag that names a source wins.
+        weight = next((v for s, v, _ in reversed(weights) if _matches(s, cache, path)), 1.0)
+        threshold = next((v for s, v, _ in reversed(thresholds) if _matches(s, cache, path)),
+                         0.0)
         name = cache.meta.get("run_dir") or cache.path if cache else path
         group = f"level{cache.level}" if cache else CSV_GROUP
         sources.append(SourceSpec(str(name), group, weight, threshold, args.max_detections))
@@ -362,8 +365,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--top_k", type=int, default=0,
                         help="detections kept per image at the end (0: all above "
                              "--score_threshold)")
-    parser.add_argument("--score_threshold", type=float, default=DEFAULT_SCORE_THRESHOLD,
-                        help="detections scoring below are dropped at the end")
+    parser.add_argument("--score_threshold", type=float, default=None,
+                        help="detections scoring below are dropped at the end (default: the "
+                             "--score_threshold predict.py wrote the caches with, else "
+                             f"{DEFAULT_SCORE_THRESHOLD})")
     parser.add_argument("--data_dir", default=None,
                         help="DATA_DIR whose label/ holds the class list and hierarchy")
     parser.add_argument("--classes", default=None,
@@ -381,7 +386,7 @@ def _check_args(args) -> None:
     for flag, value, low, high in (("--wbf_iou", args.wbf_iou, 0, 1),
                                    ("--nms_iou", args.nms_iou, 0, 1),
                                    ("--score_threshold", args.score_threshold, 0, 1)):
-        if not low <= value <= high:
+        if value is not None and not low <= value <= high:
             raise UsageError(flag, value, f"must be in [{low}, {high}]")
     for flag, value in (("--top_k", args.top_k), ("--max_detections", args.max_detections)):
         if value < 0:
@@ -394,9 +399,8 @@ def _check_args(args) -> None:
         args.classes = args.classes or layout.classes
         args.hierarchy = args.hierarchy or layout.hierarchy
     if (args.expand or args.strip_parents) and not args.hierarchy:
-        raise UsageError("--hierarchy", "", "needed to copy boxes to ancestors and to strip "
-                                            "parents: pass --data_dir or --hierarchy (or "
-                                            "--no-expand)")
+        raise ValueError("--hierarchy is needed to copy boxes to ancestors and to strip "
+                         "parents; pass --data_dir or --hierarchy (or --no-expand)")
     for flag in ("--classes", "--hierarchy"):
         path = getattr(args, flag[2:])
         if path:
@@ -417,8 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         hierarchy = load_hierarchy(args.hierarchy) \
             if (args.expand or args.strip_parents) else None
         sources, found = build_sources(args)
+        threshold = args.score_threshold
+        if threshold is None:  # predict.py's, so that its submission is rebuilt as it was
+            written = [c.meta.get("settings", {}).get("score_threshold") for c, _ in found
+                       if c is not None]
+            threshold = max((t for t in written if t is not None),
+                            default=DEFAULT_SCORE_THRESHOLD)
         config = CombineConfig(args.fusion, args.wbf_iou, args.nms_iou, args.expand,
-                               args.strip_parents, args.top_k, args.score_threshold)
+                               args.strip_parents, args.top_k, threshold)
         combination = Combination(sources, config, hierarchy)
         counts: dict = {}
         streams = []
