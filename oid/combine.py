@@ -41,6 +41,7 @@ from oid.hierarchy import Hierarchy, load_hierarchy
 from oid.layout import DataLayout
 from oid.submission import (
     ImageDetections,
+    Relatives,
     SubmissionWriter,
     expand_to_ancestors,
     join_by_image_id,
@@ -137,7 +138,7 @@ class Combination:
         for k, s in enumerate(sources):
             self.groups.setdefault(s.group, []).append(k)
         self.groups = {g: members for g, members in self.groups.items() if members}
-        self.ancestors = hierarchy.ancestors_map() if config.expand else None
+        self.ancestors = Relatives.of(hierarchy) if config.expand else None
         self.parents = frozenset(m for m in hierarchy.classes if not hierarchy.is_leaf(m)) \
             if config.strip_parents else frozenset()
 
