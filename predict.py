@@ -43,6 +43,7 @@ from engine.strategy import is_chief, make_strategy, wait_for_all_workers
 from model.config import PostprocessConfig
 from oid.classes import ClassTable, load_classes
 from oid.combine import FUSIONS
+from oid.detection_cache import ModelCache
 from oid.hierarchy import load_hierarchy
 from oid.levels import LevelSpec
 from oid.submission import SubmissionWriter, is_valid_image_id
@@ -268,9 +269,10 @@ def main(argv):
                              pre_nms_top_k=FLAGS.pre_nms_top_k)
     metas = [cache_meta(i, d, post, FLAGS.flip_tta) for i, d in zip(identities, detectors,
                                                                     strict=True)]
-    # An ensemble is fused in the order python -m oid.combine reads the cache's folders
-    # (by key), so that both write the same bytes whatever the order of the --model flags.
-    levels = {level: sorted(ks, key=lambda k: metas[k]["key"]) for level, ks in levels.items()}
+    # An ensemble is fused in the order python -m oid.combine takes the cache's folders (by
+    # name, levelN-KEY), so that both write the same bytes whatever the --model order.
+    levels = {level: sorted(ks, key=lambda k: ModelCache.folder_name(level, metas[k]["key"]))
+              for level, ks in levels.items()}
     chief = is_chief(strategy)
     cache_dir = (FLAGS.cache_dir or FLAGS.output + ".cache") if FLAGS.cache else None
     caches = open_caches(cache_dir, metas, chief)

@@ -31,7 +31,14 @@ from engine.run_dir import CONFIG, EXPORT_METADATA, is_saved_model, latest_check
 from model.config import PostprocessConfig
 from oid import fileio
 from oid.combine import Combination, CombineConfig, SourceSpec
-from oid.detection_cache import Chunk, ModelCache, cache_key, remove_partials, stale_caches
+from oid.detection_cache import (
+    Chunk,
+    ModelCache,
+    cache_key,
+    remove_partials,
+    stale_caches,
+    write_run,
+)
 from oid.hierarchy import Hierarchy
 from oid.submission import ImageDetections
 from tfrecords.inference_input import ImageFolderSource, RecordSource, Source, image_id_of
@@ -172,8 +179,9 @@ def plan_chunks(source: Source, chunk_images: int) -> list[PlannedChunk]:
 def open_caches(root: str | None, metas: Sequence[dict], chief: bool,
                 ) -> list[ModelCache | None]:
     """Each model's folder under `root` (None: no cache). The chief makes the folders and
-    deletes the partial chunks a killed run left; every process logs the caches of the
-    same models that are ignored because the model (or a setting) changed."""
+    deletes the partial chunks a killed run left, and records the folders as the run's
+    (predict.json); every process logs the caches of the same models that are ignored
+    because the model (or a setting) changed."""
     if root is None:
         return [None] * len(metas)
     caches = []
@@ -194,6 +202,8 @@ def open_caches(root: str | None, metas: Sequence[dict], chief: bool,
             cache = ModelCache(fileio.join(root, ModelCache.folder_name(meta["level"],
                                                                         meta["key"])), meta)
         caches.append(cache)
+    if chief:  # python -m oid.combine --cache ROOT takes these folders, not the stale ones
+        write_run(root, caches)
     return caches
 
 

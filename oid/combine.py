@@ -285,26 +285,32 @@ def _pairs(flag: str, values: Sequence[str], kind) -> list[tuple[str, object, st
 
 
 def _matches(selector: str, cache: ModelCache | None, path: str) -> bool:
+    """Whether SOURCE=... names this source: `path` is the --submission file, or the --cache
+    folder the model was found in."""
     if cache is None:
         return selector in (path, CSV_GROUP)
-    return selector in (f"level{cache.level}", cache.name, cache.path, cache.path.rstrip("/"),
-                        str(cache.meta.get("run_dir")))
+    return selector.rstrip("/") in (f"level{cache.level}", cache.name, cache.path.rstrip("/"),
+                                    path.rstrip("/"), str(cache.meta.get("run_dir")))
 
 
 def build_sources(args) -> tuple[list[SourceSpec], list[tuple[ModelCache | None, str]]]:
-    """(the sources, and for each its cache or None for a submission file, and path):
-    caches' models by level (those of --levels), then the submission files."""
-    models: list[ModelCache] = []
+    """(the sources, and for each its cache or None for a submission file, and the --cache
+    or --submission path it came from): caches' models by level (those of --levels), then
+    the submission files."""
+    models: list[tuple[ModelCache, str]] = []
     for path in args.cache:
-        models += model_caches(path)
+        models += [(m, path) for m in model_caches(path)]
     if args.levels:
         wanted = {int(v) for v in args.levels.split(",")}
-        models = [m for m in models if m.level in wanted]
+        models = [(m, p) for m, p in models if m.level in wanted]
         if not models and not args.submission:
             raise UsageError("--levels", args.levels, "no model of the caches is of these "
                                                       "levels; see the caches' levelN folders")
-    models.sort(key=lambda m: (m.level if m.level is not None else 1 << 30))
-    found = [(m, m.path) for m in models] + [(None, p) for p in args.submission]
+    # Levels ascending; an ensemble's models by folder name (levelN-KEY), as predict.py
+    # fuses them, so that both write the same bytes.
+    models.sort(key=lambda mp: (mp[0].level if mp[0].level is not None else 1 << 30,
+                                mp[0].name))
+    found = models + [(None, p) for p in args.submission]
     if not found:
         raise ValueError("nothing to combine; pass --cache and/or --submission")
     weights = _pairs("--weight", args.weight, float)
@@ -343,8 +349,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="comma-separated levels: use only these levels' models of --cache")
     parser.add_argument("--weight", action="append", default=[],
                         help="SOURCE=W: the weight of a source in its group's fusion (default "
-                             "1); SOURCE is levelN, a model's cache folder or run directory, or "
-                             "a --submission path; repeat")
+                             "1); SOURCE is levelN, a --cache path (all its models), a model's "
+                             "cache folder or run directory, or a --submission path; repeat")
     parser.add_argument("--source_threshold", action="append", default=[],
                         help="SOURCE=T: drop a source's detections scoring below T before the "
                              "fusion; repeat")
@@ -447,9 +453,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if classes is not None:
                     stream = checked_stream(stream, path, classes)
             streams.append(stream)
-            logger.info("source %s: %s (group %s, weight %g)", path,
-                        sources[len(streams) - 1].name, sources[len(streams) - 1].group,
-                        sources[len(streams) - 1].weight)
+            spec = sources[len(streams) - 1]
+            logger.info("source %s: %s (group %s, weight %g)",
+                        cache.path if cache is not None else path, spec.name, spec.group,
+                        spec.weight)
         stats = combine_streams(streams, combination, args.output,
                                 log_every_seconds=args.log_every_seconds)
     except (UsageError, InputFileError, ValueError) as e:

@@ -11,6 +11,9 @@ ancestors) to a folder of its own under the cache folder, one file per chunk of 
         chunk-000000.parquet                images [0, N) of the plan
         chunk-000001.parquet                images [N, 2N) ...
       level2-8b1e44c07a93/ ...
+      predict.json                          the model folders of the last predict.py run
+                                            writing here (a model changed since, or run with
+                                            other settings, has another folder beside)
 
 A chunk is written to `chunk-NNNNNN.parquet.partial` and renamed when complete, so a file
 with the final name is always whole; a run killed in the middle leaves at most a partial file,
@@ -57,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "cache.json"
+RUN_FILE = "predict.json"
 METADATA_KEY = b"oid_detection_cache"
 _CHUNK_PREFIX, _CHUNK_SUFFIX = "chunk-", ".parquet"
 SCHEMA = pa.schema([("image_id", pa.string()), ("image", pa.int32()), ("mid", pa.string()),
@@ -331,19 +335,34 @@ class ModelCache:
 
 
 def model_caches(path: str) -> list[ModelCache]:
-    """The model folders of a cache: `path` itself if it is one (has cache.json), else its
-    subfolders that are, in name order."""
+    """The model folders of a cache: `path` itself if it is one (has cache.json); else those
+    of the last predict.py run (predict.json), in its order; else every subfolder that is
+    one, in name order."""
     if fileio.exists(fileio.join(path, META_FILE)):
         return [ModelCache.open(path)]
     if not _isdir(path):
         raise InputFileError(path, None, "no such folder; pass predict.py's --cache_dir (by "
                                          "default OUTPUT.cache) or one model's folder in it")
+    run_file = fileio.join(path, RUN_FILE)
+    if fileio.exists(run_file):
+        try:
+            names = json.loads(fileio.read_text(run_file))["models"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InputFileError(run_file, None, "not predict.py's list of model folders; "
+                                                 "delete it to use every folder") from None
+        return [ModelCache.open(fileio.join(path, name)) for name in names]
     found = [ModelCache.open(fileio.join(path, name)) for name in sorted(_listdir(path))
              if fileio.exists(fileio.join(path, name, META_FILE))]
     if not found:
         raise InputFileError(path, None, f"holds no model folder (levelN-KEY/{META_FILE}); "
                                          "pass predict.py's --cache_dir")
     return found
+
+
+def write_run(root: str, caches: Sequence[ModelCache]) -> None:
+    """Records `caches` as the model folders of the last run writing to `root`."""
+    with fileio.atomic_output(fileio.join(root, RUN_FILE)) as f:
+        f.write(json.dumps({"models": [c.name for c in caches]}, indent=1) + "\n")
 
 
 def stale_caches(root: str, run_dir: str, key: str) -> list[ModelCache]:

@@ -15,6 +15,7 @@ from oid.detection_cache import (
     model_caches,
     remove_partials,
     stale_caches,
+    write_run,
 )
 from oid.errors import InputFileError
 from oid.submission import ImageDetections
@@ -106,6 +107,9 @@ def test_model_caches_and_stale_caches(tmp_path):
         p.name for p in tmp_path.iterdir())
     assert [c.name for c in model_caches(level2.path)] == [level2.name]
     assert [c.name for c in stale_caches(str(tmp_path), "runs/level1", new_key)] == [level1.name]
+    # Once a run recorded its folders, the cache means those (the stale level-1 one is left).
+    write_run(str(tmp_path), [level2, level1])
+    assert [c.name for c in model_caches(str(tmp_path))] == [level2.name, level1.name]
     with pytest.raises(InputFileError, match="no such folder"):
         model_caches(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
