@@ -7,10 +7,15 @@
         --output demo_out/submission.csv.gz --visualize 5
 
 Phases: flags -> strategy -> every model in the strategy's scope (a train.py run's latest
-checkpoint or an exported SavedModel), each checked against its levelN= key -> one pass
-over the images: every model runs on every batch on every replica -> per image: levels
-merged, ensembles fused, boxes copied to ancestor classes, top K -> the submission,
-streamed (every image gets a row, an unreadable one an empty row) [-> PNGs of a few images].
+checkpoint or an exported SavedModel), each checked against its levelN= key -> the images in
+chunks: per chunk, each model's detections from the detection cache (OUTPUT.cache/, complete
+chunks of an earlier run of the same model) or by inference (every model missing the chunk
+runs on every batch on every replica; the chief writes the chunk to the cache) -> per image:
+levels merged, ensembles fused, boxes copied to ancestor classes, everything above
+--score_threshold (or the --top_k best) -> the submission, streamed (every image gets a row,
+an unreadable one an empty row) [-> PNGs of a few images]. A killed run, run again, resumes
+from its complete chunks and writes the same bytes; `python -m oid.combine --cache` rebuilds
+or re-combines the submission from the cache without TensorFlow.
 """
 
 from __future__ import annotations
@@ -24,11 +29,21 @@ from absl import app, flags
 
 from engine import cli
 from engine.evaluation import label_files
-from engine.inference import Detector, Inference, load_detector
-from engine.prediction import Combiner
+from engine.inference import Detector, load_detector
+from engine.prediction import (
+    ChunkedPrediction,
+    Combiner,
+    cache_meta,
+    combine_chunk,
+    model_identity,
+    open_caches,
+    plan_chunks,
+)
 from engine.strategy import is_chief, make_strategy, wait_for_all_workers
 from model.config import PostprocessConfig
 from oid.classes import ClassTable, load_classes
+from oid.combine import FUSIONS
+from oid.detection_cache import ModelCache
 from oid.hierarchy import load_hierarchy
 from oid.levels import LevelSpec
 from oid.submission import SubmissionWriter, is_valid_image_id
@@ -59,12 +74,14 @@ flags.DEFINE_bool("expand", True, "Copy each box to every ancestor class (the ch
                   "ground truth is expanded, so a submission must be).")
 flags.DEFINE_string("levels_spec", None, "levels.json (python -m oid.levels): each model's "
                     "classes must be its level's, in order.")
-flags.DEFINE_integer("top_k", 300, "Detections kept per image, after merging the levels and "
-                     "copying boxes to ancestors.")
+flags.DEFINE_integer("top_k", 0, "Detections kept per image after merging the levels and "
+                     "copying boxes to ancestors; 0: all above --score_threshold (a lower-scored "
+                     "extra detection never lowers a class's AP; --max_detections caps each "
+                     "model before the merge).")
 flags.DEFINE_float("score_threshold", _POST.score_threshold,
                    "Detections scoring below are dropped.")
 flags.DEFINE_integer("max_detections", _POST.max_detections,
-                     "Detections per image and model, after NMS.")
+                     "Detections per image and model, after NMS and before the merge.")
 flags.DEFINE_float("nms_iou", _POST.nms_iou,
                    "Per-class NMS IoU threshold (and of the flip TTA merge).")
 flags.DEFINE_integer("pre_nms_top_k", _POST.pre_nms_top_k,
@@ -72,6 +89,16 @@ flags.DEFINE_integer("pre_nms_top_k", _POST.pre_nms_top_k,
 flags.DEFINE_bool("flip_tta", False, "Also run every model on the mirrored image and merge "
                   "both passes by per-class NMS.")
 flags.DEFINE_float("wbf_iou", 0.55, "Ensembles: boxes of one class fuse above this IoU.")
+flags.DEFINE_enum("fusion", "wbf", list(FUSIONS), "Ensembles (several models of a level): "
+                  "weighted boxes fusion, concatenation, or concatenation then per-class NMS "
+                  "at --nms_iou.")
+flags.DEFINE_bool("cache", True, "Keep each model's raw detections in --cache_dir and reuse "
+                  "the complete chunks of an earlier run of the same model and settings (a "
+                  "killed run resumes; python -m oid.combine re-combines offline).")
+flags.DEFINE_string("cache_dir", None, "The detection cache folder; default OUTPUT.cache "
+                    "beside --output. Several hosts: on storage every worker sees.")
+flags.DEFINE_integer("cache_chunk_images", 1000, "Images per cache chunk (the unit of "
+                     "resuming) for --images; with --records a chunk is one record file.")
 flags.DEFINE_integer("batch_size", 8, "Images per step over all replicas.")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
                                        "default"],
@@ -82,7 +109,7 @@ flags.DEFINE_string("visualize_dir", None, "Where the PNGs go; default OUTPUT's 
 flags.DEFINE_float("visualize_threshold", 0.3, "Boxes scoring below are not drawn.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
 flags.mark_flags_as_required(["model", "output"])
-for _name, _low in (("top_k", 1), ("max_detections", 1), ("pre_nms_top_k", 1), ("batch_size", 1),
+for _name, _low in (("top_k", 0), ("cache_chunk_images", 1), ("max_detections", 1), ("pre_nms_top_k", 1), ("batch_size", 1),
                     ("visualize", 0)):
     cli.bound(_name, low=_low)
 for _name in ("score_threshold", "visualize_threshold"):
@@ -107,16 +134,22 @@ def parse_models(values: list[str]) -> dict[int, list[str]]:
 
 def load_models(strategy: tf.distribute.Strategy, models: dict[int, list[str]],
                 spec: LevelSpec | None, classes: ClassTable | None, classes_path: str | None,
-                ) -> tuple[list[Detector], dict[int, list[int]]]:
+                ) -> tuple[list[Detector], dict[int, list[int]], list[dict]]:
     """Every --model in the strategy's scope, each checked against its levelN= key (and the
-    levels spec, the other models of its level, the class table). Returns the detectors and
-    level -> indices of its detectors."""
+    levels spec, the other models of its level, the class table). Returns the detectors,
+    level -> indices of its detectors, and each detector's identity (model_identity)."""
     detectors: list[Detector] = []
+    identities: list[dict] = []
     levels: dict[int, list[int]] = {}
     for level, dirs in sorted(models.items()):
         for path in dirs:
             try:
-                detector = load_detector(path, strategy)
+                # The checkpoint is chosen once, so that the cache key names the weights
+                # that are loaded even if training writes a newer checkpoint meanwhile.
+                identity = model_identity(path)
+                checkpoint = identity["checkpoint"] if identity["checkpoint"] != "saved_model" \
+                    else None
+                detector = load_detector(path, strategy, checkpoint)
                 if detector.level is None:
                     raise ValueError(f"{path} does not say which level it was trained for; "
                                      "export it again with train.py")
@@ -136,39 +169,47 @@ def load_models(strategy: tf.distribute.Strategy, models: dict[int, list[str]],
                 cli.refuse(f"--model level{level}={path}: {e}")
             levels.setdefault(level, []).append(len(detectors))
             detectors.append(detector)
-            logging.info("level %d: %s (%d classes)", level, path, len(detector.labels))
-    return detectors, levels
+            identities.append(identity)
+            logging.info("level %d: %s (%d classes, %s)", level, path, len(detector.labels),
+                         os.path.basename(identity["checkpoint"]))
+    return detectors, levels, identities
 
 
-def write_submission(inference: Inference, combine: Combiner, source: Source, chief: bool,
+def write_submission(prediction: ChunkedPrediction, combine: Combiner, source: Source,
                      ) -> list:
-    """One pass over `source`: every image's combined detections to --output (on the chief).
-    Returns the ImageDetections of the first --visualize readable images."""
-    total = len(source.paths) if isinstance(source, ImageFolderSource) else None
+    """The images in chunks, each model's detections from the cache or by inference, every
+    image's combined detections to --output (on the chief). Returns the ImageDetections of
+    the first --visualize readable images."""
+    plan = plan_chunks(source, FLAGS.cache_chunk_images)
+    missing = prediction.missing(plan)
+    # Every worker has read the cache before the chief writes to it, so that all run the
+    # same chunks (a chunk the chief completed first would otherwise be skipped by some).
+    wait_for_all_workers(prediction.strategy)
+    chief = prediction.chief
     shown = []
     writer = None
     if chief:
         tf.io.gfile.makedirs(os.path.dirname(FLAGS.output) or ".")
-        writer = SubmissionWriter(FLAGS.output, image_ids=source.image_ids if total else None)
+        writer = SubmissionWriter(FLAGS.output, image_ids=source.image_ids
+                                  if isinstance(source, ImageFolderSource) else None)
     try:
-        for row in inference.run(source, FLAGS.batch_size, total=total, what="predict",
-                                 log_every_seconds=FLAGS.log_every_seconds):
-            dets = combine(row)
-            if writer is not None:
+        for _, chunks in prediction.run(plan, missing, FLAGS.batch_size,
+                                        FLAGS.log_every_seconds):
+            for dets, readable in combine_chunk(combine, chunks):
                 writer.write(dets)
-            if row.readable and len(shown) < FLAGS.visualize:
-                shown.append(dets)
+                if readable and len(shown) < FLAGS.visualize:
+                    shown.append(dets)
     except BaseException:
         if writer is not None:
             writer.abort()
         raise
-    stats = inference.stats
     if writer is not None:
         written = writer.close()
         logging.info("wrote %s: %d rows (%d with detections, %d unreadable images), %d "
-                     "detections; %.1f images/s", FLAGS.output, written.rows,
-                     written.images_with_detections, len(stats.unreadable), written.detections,
-                     stats.images_per_second)
+                     "detections; %d images inferred, %d read from the cache", FLAGS.output,
+                     written.rows, written.images_with_detections, len(prediction.unreadable),
+                     written.detections, prediction.images_inferred,
+                     prediction.images - prediction.images_inferred)
     return shown
 
 
@@ -220,17 +261,29 @@ def main(argv):
     strategy = make_strategy(FLAGS.strategy)
     logging.info("strategy %s with %d replicas", type(strategy).__name__,
                  strategy.num_replicas_in_sync)
-    detectors, levels = load_models(strategy, models, spec, classes, classes_path)
+    detectors, levels, identities = load_models(strategy, models, spec, classes, classes_path)
 
-    # -- predict ----------------------------------------------------------------------------
+    # -- the cache ------------------------------------------------------------------------
     post = PostprocessConfig(score_threshold=FLAGS.score_threshold, nms_iou=FLAGS.nms_iou,
                              max_detections=FLAGS.max_detections,
                              pre_nms_top_k=FLAGS.pre_nms_top_k)
-    inference = Inference(strategy, detectors, post, FLAGS.flip_tta)
-    combine = Combiner(detectors, levels, hierarchy, FLAGS.top_k, FLAGS.score_threshold,
-                       FLAGS.wbf_iou)
+    metas = [cache_meta(i, d, post, FLAGS.flip_tta) for i, d in zip(identities, detectors,
+                                                                    strict=True)]
+    # An ensemble is fused in the order python -m oid.combine takes the cache's folders (by
+    # name, levelN-KEY), so that both write the same bytes whatever the --model order.
+    levels = {level: sorted(ks, key=lambda k: ModelCache.folder_name(level, metas[k]["key"]))
+              for level, ks in levels.items()}
     chief = is_chief(strategy)
-    shown = write_submission(inference, combine, source, chief)
+    cache_dir = (FLAGS.cache_dir or FLAGS.output + ".cache") if FLAGS.cache else None
+    caches = open_caches(cache_dir, metas, chief)
+    if cache_dir:
+        logging.info("detection cache: %s", cache_dir)
+
+    # -- predict ----------------------------------------------------------------------------
+    prediction = ChunkedPrediction(strategy, detectors, post, FLAGS.flip_tta, caches, chief)
+    combine = Combiner(detectors, levels, hierarchy, FLAGS.top_k, FLAGS.score_threshold,
+                       FLAGS.wbf_iou, fusion=FLAGS.fusion)
+    shown = write_submission(prediction, combine, source)
 
     # -- a few pictures -----------------------------------------------------------------------
     if shown and chief:

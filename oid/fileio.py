@@ -45,6 +45,8 @@ def open_maybe_gzip(path: str, mode: str = "r", *, gzipped: bool | None = None,
                     compresslevel: int = 6, errors: str = "strict") -> IO:
     """Like open_file, through gzip when `gzipped` (default: when the path ends in .gz).
 
+    Written gzip files have no name or time in their header: equal text, equal bytes.
+
     Text modes use UTF-8 with newlines untranslated, as open_file. Closing the
     returned file closes the underlying one too. compresslevel 6 (zlib's
     default) writes about three times faster than gzip's 9 for a few per cent
@@ -58,7 +60,12 @@ def open_maybe_gzip(path: str, mode: str = "r", *, gzipped: bool | None = None,
         return open_file(path, mode, errors=errors)
     raw_mode = mode.replace("t", "").replace("b", "") + "b"
     raw = open_file(path, raw_mode)
-    packed = _NamedGzipFile(path, fileobj=raw, mode=raw_mode, compresslevel=compresslevel)
+    # Written without a file name or time in the header (as `gzip -n`), so that the same
+    # text always gives the same bytes: a resumed predict.py run, or python -m oid.combine,
+    # can be compared with cmp.
+    fixed = {"filename": "", "mtime": 0} if "r" not in raw_mode else {}
+    packed = _NamedGzipFile(path, fileobj=raw, mode=raw_mode, compresslevel=compresslevel,
+                            **fixed)
     packed.myfileobj = raw  # GzipFile closes `myfileobj` on close, as when it opens a name
     if "b" in mode:
         return packed

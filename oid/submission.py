@@ -137,8 +137,19 @@ def keep_top_k(dets: ImageDetections, k: int, score_threshold: float) -> ImageDe
 # -- the hierarchy ---------------------------------------------------------------------------
 
 
+class Relatives(dict):
+    """MID -> (MID, its Subcategory ancestors in MID order): expand_to_ancestors's lookup,
+    built once for many images (Relatives.of(hierarchy))."""
+
+    @classmethod
+    def of(cls, hierarchy: Hierarchy | Mapping[str, Iterable[str]]) -> Relatives:
+        ancestors = hierarchy.ancestors_map() if isinstance(hierarchy, Hierarchy) else hierarchy
+        return cls({m: (m, *sorted(set(a) - {m})) for m, a in ancestors.items()})
+
+
 def expand_to_ancestors(dets: ImageDetections,
-                        hierarchy: Hierarchy | Mapping[str, Iterable[str]]) -> ImageDetections:
+                        hierarchy: Hierarchy | Mapping[str, Iterable[str]] | Relatives,
+                        ) -> ImageDetections:
     """Copies every box to each Subcategory ancestor of its class, then drops duplicates.
 
     The challenge metric expands the ground truth to ancestors (a Star box is
@@ -157,28 +168,32 @@ def expand_to_ancestors(dets: ImageDetections,
 
     Args:
       dets: one image's detections.
-      hierarchy: a Hierarchy, or a mapping MID -> its ancestors (e.g.
-        Hierarchy.ancestors_map(), to look them up once for many images).
+      hierarchy: a Hierarchy, a mapping MID -> its ancestors (e.g.
+        Hierarchy.ancestors_map()), or Relatives.of(either) to look them up once
+        for many images.
     Returns:
       The expanded detections, highest score first (equal scores in input order,
       each box followed by its copies in MID order).
     """
     if not len(dets):
         return dets
-    ancestors = hierarchy.ancestors if isinstance(hierarchy, Hierarchy) else hierarchy.__getitem__
-    index: dict[str, int] = {}
-    codes = np.fromiter((index.setdefault(m, len(index)) for m in dets.mids.tolist()),
-                        np.int64, len(dets))
-    relatives = [[m, *sorted(set(ancestors(m)) - {m})] if m in hierarchy else [m]
-                 for m in index]
+    codes, uniques = mid_codes(dets.mids)
+    if isinstance(hierarchy, Relatives):
+        relatives = [hierarchy.get(m, (m,)) for m in uniques.tolist()]
+    else:
+        ancestors = hierarchy.ancestors if isinstance(hierarchy, Hierarchy) \
+            else hierarchy.__getitem__
+        relatives = [[m, *sorted(set(ancestors(m)) - {m})] if m in hierarchy else [m]
+                     for m in uniques.tolist()]
     counts = np.array([len(r) for r in relatives], np.int64)
     starts = np.cumsum(counts) - counts
     flat = np.array([m for r in relatives for m in r], object)
     per_row = counts[codes]
     rows = np.repeat(np.arange(len(dets)), per_row)
-    mids = flat[np.repeat(starts[codes], per_row) + ragged_arange(per_row)]
-    expanded = ImageDetections(dets.image_id, dets.boxes[rows], dets.scores[rows], mids)
-    return drop_duplicate_boxes(expanded)
+    picked = np.repeat(starts[codes], per_row) + ragged_arange(per_row)
+    expanded = ImageDetections(dets.image_id, dets.boxes[rows], dets.scores[rows], flat[picked])
+    flat_codes, _ = mid_codes(flat)  # the classes of the few relatives, not of every row
+    return _drop_duplicates(expanded, flat_codes[picked])
 
 
 def drop_duplicate_boxes(dets: ImageDetections) -> ImageDetections:
@@ -187,18 +202,40 @@ def drop_duplicate_boxes(dets: ImageDetections) -> ImageDetections:
     See expand_to_ancestors for why. Returns the rows kept, highest score
     first (equal scores in input order).
     """
+    if len(dets) < 2:
+        return dets
+    return _drop_duplicates(dets, mid_codes(dets.mids)[0])
+
+
+def _drop_duplicates(dets: ImageDetections, cls: np.ndarray) -> ImageDetections:
+    """drop_duplicate_boxes with each row's class code given ([N] int64, equal codes for
+    equal MIDs)."""
     n = len(dets)
     if n < 2:
         return dets
-    index: dict[str, int] = {}
-    cls = np.fromiter((index.setdefault(m, len(index)) for m in dets.mids.tolist()), np.int64, n)
     b = dets.boxes + np.float32(0)  # -0.0 and 0.0 are the same coordinate
+    # A hash of (class, coordinates' bits) (int64 arithmetic wraps): when every row's
+    # differs, no two rows are duplicates and only the order changes (the common case,
+    # found with one sort of N numbers instead of a sort on seven keys).
+    words = b.view(np.int32).astype(np.int64)
+    key = cls
+    for k in range(4):
+        key = key * np.int64(1_000_000_007) + words[:, k]
+    if len(np.unique(key)) == n:
+        return dets.take(np.argsort(-dets.scores, kind="stable"))
     rows = np.arange(n)
     order = np.lexsort((rows, -dets.scores, b[:, 3], b[:, 2], b[:, 1], b[:, 0], cls))
     keys = np.column_stack([cls[order], b[order].view(np.int32)])
     first = np.r_[True, (keys[1:] != keys[:-1]).any(axis=1)]
     kept = order[first]
     return dets.take(kept[np.lexsort((kept, -dets.scores[kept]))])
+
+
+def mid_codes(mids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([N] int64 code of each MID, [U] the distinct MIDs): codes number the MIDs in order
+    of first appearance (a hash table in C, not a Python loop)."""
+    codes, uniques = pd.factorize(mids)
+    return codes.astype(np.int64, copy=False), np.asarray(uniques, object)
 
 
 def ragged_arange(counts: np.ndarray) -> np.ndarray:
@@ -232,19 +269,35 @@ def merge_levels(per_level: Sequence[ImageDetections]) -> ImageDetections:
 def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[ImageDetections]:
     """Joins several levels' streams of ImageDetections by ImageId, whatever their order.
 
-    The streams are read in lockstep, one image from each in turn. An image is
-    yielded (merge_levels, streams in the given order) as soon as every stream
-    that has not ended has listed it; an image missing from a stream comes out
-    when that stream ends, with the other levels' rows.
+    join_by_image_id, each image's rows concatenated (merge_levels, streams in
+    the given order): an image missing from a stream comes out with the other
+    levels' rows.
+
+    Raises:
+      ValueError when a stream lists the same ImageId twice.
+    """
+    for _, slots in join_by_image_id(streams):
+        yield merge_levels([d for d in slots if d is not None])
+
+
+def join_by_image_id(streams: Sequence[Iterable[ImageDetections]],
+                     ) -> Iterator[tuple[str, list[ImageDetections | None]]]:
+    """Joins several streams of ImageDetections by ImageId, whatever their order.
+
+    Yields (image_id, one slot per stream: its ImageDetections, or None when
+    the stream does not list the image). The streams are read in lockstep, one
+    image from each in turn. An image is yielded as soon as every stream that
+    has not ended has listed it; an image missing from a stream comes out when
+    that stream ends.
 
     Memory: only the images read from some stream and not yet from every
     stream still running are held. When the streams list their images in the
-    same order (predict.py reads the same test records for every level), that
-    is at most one image and everything streams. In general, if an image's
-    positions in two streams differ by at most D, at most (number of streams) x D
-    images are held, plus the images a stream never lists, which wait until it
-    ends. The ids already yielded are remembered (about 70 bytes an image) to
-    refuse a stream that lists an image twice.
+    same order (predict.py's caches and submissions do), that is at most one
+    image and everything streams. In general, if an image's positions in two
+    streams differ by at most D, at most (number of streams) x D images are
+    held, plus the images a stream never lists, which wait until it ends. The
+    ids already yielded are remembered (about 70 bytes an image) to refuse a
+    stream that lists an image twice.
 
     Raises:
       ValueError when a stream lists the same ImageId twice.
@@ -258,9 +311,9 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
     def complete(slots: list[ImageDetections | None]) -> bool:
         return all(d is not None or not live[t] for t, d in enumerate(slots))
 
-    def merged(image_id: str) -> ImageDetections:
+    def joined(image_id: str) -> tuple[str, list[ImageDetections | None]]:
         done.add(image_id)
-        return merge_levels([d for d in pending.pop(image_id) if d is not None])
+        return image_id, pending.pop(image_id)
 
     while any(live):
         for s in range(n):
@@ -270,7 +323,7 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
             if dets is None:
                 live[s] = False
                 for image_id in [i for i, slots in pending.items() if complete(slots)]:
-                    yield merged(image_id)
+                    yield joined(image_id)
                 continue
             image_id = dets.image_id
             slots = pending.get(image_id)
@@ -282,7 +335,7 @@ def merge_by_image_id(streams: Sequence[Iterable[ImageDetections]]) -> Iterator[
                 raise ValueError(f"stream {s} lists image {image_id!r} twice")
             slots[s] = dets
             if complete(slots):
-                yield merged(image_id)
+                yield joined(image_id)
 
 
 # -- several models of one level -------------------------------------------------------------
@@ -399,9 +452,7 @@ class _FusionInput:
         weighted = scores * w[model]
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         keep = np.flatnonzero((scores >= skip_score) & (weighted > 0) & (area > 0))
-        index: dict[str, int] = {}
-        cls = np.fromiter((index.setdefault(m, len(index)) for m in mids[keep].tolist()),
-                          np.int64, len(keep))
+        cls, _ = mid_codes(mids[keep])
         order = keep[np.lexsort((keep, -weighted[keep], cls))]
         return _FusionInput(np.sort(cls, kind="stable"), boxes[order], weighted[order],
                             area[order], mids[order])

@@ -58,7 +58,7 @@ SKIP = [
     ("challenge-2019-validation", "the official validation files, not in the repository"),
 ]
 STAGES = ["oid.demo_data", "oid.levels", "make_records.py", "train.py", "eval.py",
-          "predict.py", "oid.metric", "make lint"]
+          "predict.py", "oid.combine", "oid.metric", "make lint"]
 
 
 def documented_commands() -> list[tuple[str, str]]:

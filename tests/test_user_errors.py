@@ -192,9 +192,15 @@ def test_predict_output_that_is_a_folder(tmp_path):
                             "--noexpand", f"--output={tmp_path}"), f"--output={tmp_path}")
 
 
-def test_predict_top_k_0(tmp_path):
+def test_predict_negative_top_k(tmp_path):  # 0 is no cap, the default
     assert_refused(_predict(f"--model=level1={tmp_path}", f"--images={tmp_path}",
-                            f"--output={tmp_path / 's.csv'}", "--top_k=0"), "--top_k=0")
+                            f"--output={tmp_path / 's.csv'}", "--top_k=-1"), "--top_k=-1")
+
+
+def test_predict_cache_chunk_images_0(tmp_path):
+    assert_refused(_predict(f"--model=level1={tmp_path}", f"--images={tmp_path}",
+                            f"--output={tmp_path / 's.csv'}", "--cache_chunk_images=0"),
+                   "--cache_chunk_images=0")
 
 
 def test_predict_refuses_an_image_name_that_cannot_be_an_image_id_before_inference(tmp_path):

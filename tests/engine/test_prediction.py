@@ -49,8 +49,9 @@ def test_levels_merged_ensemble_fused_ancestors_copied_once(combiner):
     np.testing.assert_allclose(out.boxes, [R, R, G, G, G, B], atol=1e-6)
 
 
-def test_score_threshold_and_unreadable_image(combiner):
-    combiner.score_threshold = 0.3
+def test_score_threshold_and_unreadable_image():
+    detectors = [_detector(LABELS, 1), _detector(LABELS, 1), _detector(LEVEL2_LABELS, 2)]
+    combiner = Combiner(detectors, {2: [2], 1: [0, 1]}, HIERARCHY, top_k=6, score_threshold=0.3)
     row = ImageResult("img", True, (_dets((B, 0.4, 1)), _dets(), _dets()))
     assert len(combiner(row)) == 0  # blue fused to 0.2 < 0.3, and so its shape copy
     broken = ImageResult("broken", False, (_dets(), _dets(), _dets()))
