@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl.testing import flagsaver
 from apache_beam.testing import test_pipeline
 
 from beam_jobs import make_records
@@ -193,10 +194,13 @@ def test_command_line_level_and_test_split(tmp_path):
 def test_boxes_to_ancestors_on_the_command_line(tmp_path):
     lay = fx.make_dataset(str(tmp_path / "data"))
     out = str(tmp_path / "records")
-    results = make_records.run(["make_records", f"--data_dir={lay.data_dir}",
-                                f"--output_dir={out}", "--runner=DirectRunner", "--max_side=64",
-                                "--num_shards=1", "--val_fraction=0.5", "--level=2",
-                                "--boxes_to_ancestors"])
+    # Flags keep their values between in-process runs: restore them afterwards, and give
+    # --split (an earlier test's run may have left it at test).
+    with flagsaver.flagsaver():
+        results = make_records.run(["make_records", f"--data_dir={lay.data_dir}",
+                                    f"--output_dir={out}", "--runner=DirectRunner",
+                                    "--max_side=64", "--num_shards=1", "--val_fraction=0.5",
+                                    "--split=train", "--level=2", "--boxes_to_ancestors"])
     level2 = os.path.join(out, "level2")
     records = {**read_records(level2, "train"), **read_records(level2, "val")}
     # Level 2 (Car, Animal): every dog and cat box is also an Animal box now, so the images
