@@ -36,8 +36,8 @@ from engine.trainer import TrainConfig, Trainer, TrainingStoppedError
 from model.backbones import BACKBONES
 from model.config import LossConfig, ModelConfig
 from oid import progress
-from tfrecords.input_pipeline import InputConfig, build_dataset, list_files
-from tfrecords.layout import LevelRecords, RecordsLayout
+from tfrecords.input_pipeline import DROPPED_BOXES, InputConfig, build_dataset, list_files
+from tfrecords.layout import BoxCounts, LevelRecords, RecordsLayout
 from tfrecords.reader import CORRUPTION
 
 _INPUT = {f.name: f.default for f in dataclasses.fields(InputConfig)}
@@ -59,7 +59,10 @@ flags.DEFINE_integer("image_min_side", _INPUT["image_min_side"],
                      "Short side after resizing (pixels).")
 flags.DEFINE_integer("image_max_side", _INPUT["image_max_side"], "Long side at most (pixels); "
                      "the canvas is this rounded up to a multiple of 128.")
-flags.DEFINE_integer("max_boxes", _INPUT["max_boxes"], "Ground-truth boxes kept per image.")
+flags.DEFINE_integer("max_boxes", None,
+                     "Ground-truth boxes kept per image (the rest are counted and logged). "
+                     "Default: the largest box count of a training image of the level, from "
+                     "RECORDS/levelN/stats.json, so that every box is trained.")
 flags.DEFINE_bool("flip", _INPUT["flip"], "Random horizontal flips.")
 flags.DEFINE_list("scale_jitter", _numbers(_INPUT["scale_jitter"]),
                   "Random resize multiplier range low,high.")
@@ -223,6 +226,36 @@ def check_paths() -> None:
                   f"--eval_data_dir={FLAGS.eval_data_dir}: not a directory")
 
 
+def resolve_max_boxes(level: LevelRecords) -> int:
+    """--max_boxes, else the level's largest box count of a training image (stats.json);
+    says how many images a smaller --max_boxes cuts, and names them."""
+    counts = None
+    if tf.io.gfile.exists(level.stats):
+        try:
+            counts = BoxCounts.from_stats(read_json(level.stats))
+        except (ValueError, KeyError, TypeError) as e:
+            logging.warning("%s: cannot read its boxes per image (%s)", level.stats, e)
+    if FLAGS.max_boxes is None:
+        if counts is None:
+            fallback = _INPUT["max_boxes"]
+            logging.warning("%s does not count boxes per image (records made by an earlier "
+                            "make_records.py): max_boxes %d; images with more lose boxes, "
+                            "counted in this log. Make the records again, or pass --max_boxes",
+                            level.stats, fallback)
+            return fallback
+        logging.info("max_boxes %d: the most boxes of a training image of the level (%s)",
+                     max(counts.max_boxes, 1), level.stats)
+        return max(counts.max_boxes, 1)
+    if counts is not None:
+        images, lost = counts.past(FLAGS.max_boxes)
+        if images:
+            named = ", ".join(f"{i} ({n})" for n, i in counts.named_past(FLAGS.max_boxes))
+            logging.warning("--max_boxes=%d: %d training images have more boxes and lose %d "
+                            "of them each epoch (the records' most: %d); those with the most: "
+                            "%s", FLAGS.max_boxes, images, lost, counts.max_boxes, named)
+    return FLAGS.max_boxes
+
+
 def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
     """Flags -> the configuration dataclasses; a bad combination exits with its reason."""
     try:
@@ -245,7 +278,7 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
     input_config = InputConfig(
         file_pattern=level.shards("train"), is_training=True,
         global_batch_size=FLAGS.global_batch_size, image_min_side=FLAGS.image_min_side,
-        image_max_side=FLAGS.image_max_side, max_boxes=FLAGS.max_boxes, flip=FLAGS.flip,
+        image_max_side=FLAGS.image_max_side, max_boxes=resolve_max_boxes(level), flip=FLAGS.flip,
         scale_jitter=jitter, shuffle_buffer=FLAGS.shuffle_buffer,
         repeat_factor_sampling=FLAGS.repeat_factor_sampling, cache=FLAGS.cache,
         strict_records=FLAGS.strict_records, max_corrupt_fraction=FLAGS.max_corrupt_fraction,
@@ -367,6 +400,7 @@ def main(argv):
         logging.info("%s", CORRUPTION.summary())
         cli.refuse(CORRUPTION.fatal)
     logging.info("%s", CORRUPTION.summary())
+    logging.info("%s", DROPPED_BOXES.summary())
 
     # -- export --------------------------------------------------------------------------
     if FLAGS.export and trainer.is_chief:

@@ -9,8 +9,9 @@ writes, for level N,
     RECORDS/levelN/train-00000-of-000NN.tfrecord ...   shuffled, resized, ~150 MB shards
     RECORDS/levelN/val-00000-of-000NN.tfrecord ...
     RECORDS/levelN/labels.json                          [{index, mid, name}] of the level
-    RECORDS/levelN/stats.json                           images, boxes, boxes per class per
-                                                        split, skipped inputs by reason
+    RECORDS/levelN/stats.json                           images, boxes, boxes per class and
+                                                        per image per split, skipped inputs
+                                                        by reason, ancestor copies
     RECORDS/levelN/val-bbox.csv, val-image-labels.csv   val ground truth, official format
     RECORDS/levelN/skipped.csv                          ImageID,reason of every input left out
 
@@ -133,6 +134,11 @@ flags.DEFINE_float("max_dominant_fraction", None,
                    "belong to the dominant classes (e.g. 0.95).")
 flags.DEFINE_list("dominant_classes", [], "MIDs of the dominant classes (default: top-K).")
 flags.DEFINE_integer("dominant_top_k", 1, "Dominant classes = the level's K largest by boxes.")
+flags.DEFINE_bool("boxes_to_ancestors", False,
+                  "Also write each box of a class outside the level as a box of the level's "
+                  "nearest Subcategory ancestor of its class (a Star box as a Symbol box), as "
+                  "the challenge metric scores the level's parent classes; one box per place. "
+                  "stats.json counts the copies (docs/records.md).")
 flags.DEFINE_bool("strict", False, "Fail on the first bad annotation row instead of skipping it.")
 flags.DEFINE_integer("log_every", 500, "Progress line every N images per worker "
                      "(--progress=log).")
@@ -236,8 +242,9 @@ class WriteShard(beam.DoFn):
         self._written.inc()
         example = build_example(ann, prepared.jpeg, prepared.height, prepared.width,
                                       prepared.original_height, prepared.original_width)
-        summary = {"split": ann.split, "boxes": len(ann.mids), "classes": dict(Counter(ann.mids)),
-                   "notes": list(prepared.notes), "bytes": len(prepared.jpeg)}
+        summary = {"split": ann.split, "image_id": ann.image_id, "boxes": len(ann.mids),
+                   "classes": dict(Counter(ann.mids)), "notes": list(prepared.notes),
+                   "bytes": len(prepared.jpeg)}
         return example.SerializeToString(), summary
 
 
@@ -247,15 +254,33 @@ class _Skip(Exception):  # noqa: N818 (control flow inside WriteShard, never esc
         self.reason = reason
 
 
+MOST_BOXES_LISTED = 20  # images named per split in stats.json's most_boxes
+
+
+def _empty_split() -> dict:
+    return {"images": 0, "boxes": 0, "bytes": 0, "boxes_per_class": {}, "converted": {},
+            "max_boxes": 0, "boxes_per_image": {}, "most_boxes": []}
+
+
+def _most_boxes(entries) -> list:
+    """The MOST_BOXES_LISTED [boxes, ImageID] pairs with the most boxes, most first."""
+    return sorted(entries, key=lambda e: (-e[0], e[1]))[:MOST_BOXES_LISTED]
+
+
 class MergeStats(beam.CombineFn):
-    """Per-image summaries -> counts per split (images, boxes, per class, conversions, bytes)."""
+    """Per-image summaries -> counts per split (images, boxes, per class, conversions, bytes).
+
+    Per split also: max_boxes, the largest box count of an image (train.py's default
+    --max_boxes); boxes_per_image, images per box count ({"3": 120, ...}), from which
+    train.py tells how many images a smaller --max_boxes cuts; most_boxes, the
+    [boxes, ImageID] of the images with the most boxes.
+    """
 
     def create_accumulator(self):
         return {}
 
     def add_input(self, acc, s):
-        split = acc.setdefault(s["split"], {"images": 0, "boxes": 0, "bytes": 0,
-                                            "boxes_per_class": {}, "converted": {}})
+        split = acc.setdefault(s["split"], _empty_split())
         split["images"] += 1
         split["boxes"] += s["boxes"]
         split["bytes"] += s["bytes"]
@@ -263,19 +288,24 @@ class MergeStats(beam.CombineFn):
             split["boxes_per_class"][m] = split["boxes_per_class"].get(m, 0) + n
         for note in s["notes"]:
             split["converted"][note] = split["converted"].get(note, 0) + 1
+        split["max_boxes"] = max(split["max_boxes"], s["boxes"])
+        key = str(s["boxes"])
+        split["boxes_per_image"][key] = split["boxes_per_image"].get(key, 0) + 1
+        split["most_boxes"] = _most_boxes(split["most_boxes"] + [[s["boxes"], s["image_id"]]])
         return acc
 
     def merge_accumulators(self, accs):
         out = {}
         for acc in accs:
             for split, s in acc.items():
-                t = out.setdefault(split, {"images": 0, "boxes": 0, "bytes": 0,
-                                           "boxes_per_class": {}, "converted": {}})
+                t = out.setdefault(split, _empty_split())
                 for k in ("images", "boxes", "bytes"):
                     t[k] += s[k]
-                for k in ("boxes_per_class", "converted"):
+                for k in ("boxes_per_class", "converted", "boxes_per_image"):
                     for m, n in s[k].items():
                         t[k][m] = t[k].get(m, 0) + n
+                t["max_boxes"] = max(t["max_boxes"], s["max_boxes"])
+                t["most_boxes"] = _most_boxes(t["most_boxes"] + s["most_boxes"])
         return out
 
     def extract_output(self, acc):
@@ -798,7 +828,8 @@ def prepare(argv: list[str]) -> Job:
                         repeat_threshold=FLAGS.repeat_threshold,
                         max_dominant_fraction=FLAGS.max_dominant_fraction,
                         dominant_classes=tuple(FLAGS.dominant_classes),
-                        dominant_top_k=FLAGS.dominant_top_k)
+                        dominant_top_k=FLAGS.dominant_top_k,
+                        boxes_to_ancestors=FLAGS.boxes_to_ancestors)
     return Job(layout, out, "train", args, make_pipeline, levels, spec_out, note, classes,
                hierarchy, boxes, labels, (box_report, label_report), config)
 
@@ -843,6 +874,15 @@ def execute(job: Job) -> dict:
     results = {}
     for level in job.levels:
         plan = plan_level(job.boxes, job.labels, level, job.hierarchy, job.config, job.reports)
+        if "boxes_to_ancestors" in plan.stats:
+            c = plan.stats["boxes_to_ancestors"]
+            logging.info("%s: --boxes_to_ancestors: %d boxes copied to a parent class of the "
+                         "level (%s), %d not (a box of the level already there); %d images are "
+                         "in the level only through copies", level.name, sum(c["added"].values()),
+                         ", ".join(f"{job.classes.name(m)} {n}"
+                                   for m, n in c["added_per_class"].items()) or "none",
+                         c["not_copied_place_taken"],
+                         sum(c["images_only_through_copies"].values()))
         labels_json = [{"index": i, "mid": m, "name": job.classes.name(m)}
                        for i, m in enumerate(level.classes)]
         results[level.name] = run_level(RecordsLayout(job.output_dir).level(level.index).dir,

@@ -4,6 +4,10 @@ The plan says, for one level, which images go into its records, on which
 side of the train/val split, with which boxes and image-level labels and
 which repeat factor; which inputs are left out and why; and the level's val
 ground truth as official CSV rows for `python -m oid.metric`.
+
+With `boxes_to_ancestors`, a level that holds parent classes also trains them
+on their descendants' boxes, as the challenge metric scores them (a Star box is
+a Symbol box): see ancestor_copies.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class PlanConfig:
         original system's "compressed level").
       dominant_classes: the dominant classes; default the top `dominant_top_k`
         of the level by box count.
+      boxes_to_ancestors: also write each box of a class outside the level as a
+        box of the level's nearest ancestor of its class (ancestor_copies).
     """
 
     val_fraction: float = 0.1
@@ -47,6 +53,7 @@ class PlanConfig:
     max_dominant_fraction: float | None = None
     dominant_classes: tuple[str, ...] = ()
     dominant_top_k: int = 1
+    boxes_to_ancestors: bool = False
 
 
 @dataclasses.dataclass
@@ -109,13 +116,18 @@ def plan_level(
     """
     level_index = level.class_index()
     skipped_images = _skipped_images(reports)
-    runs = _ImageBoxes.of_level(boxes, level, skipped_images)
+    copies, copy_stats = (ancestor_copies(boxes, level, hierarchy, skipped_images)
+                          if config.boxes_to_ancestors else (None, None))
+    runs = _ImageBoxes.of_level(boxes, level, skipped_images, copies)
     is_val = oid_split.val_mask(runs.image_ids, config.val_fraction, config.split_salt)
     related = related_classes(level, hierarchy)
     image_labels = _image_labels(labels, related, set(runs.image_ids), level_index)
     keep, filtered, dominant_stats = _dominant_filter(runs, is_val, config)
     stats: dict = {"level_images": int(len(runs.image_ids)), "filtered": filtered,
                    **dominant_stats}
+    if copy_stats is not None:
+        stats["boxes_to_ancestors"] = {**copy_stats, **_copies_per_split(runs, is_val & keep,
+                                                                         ~is_val & keep)}
     repeat = _class_repeat_factors(runs, np.flatnonzero(keep & ~is_val), config.repeat_threshold)
     annotations = [_annotation(runs, i, bool(is_val[i]), repeat, image_labels, level_index)
                    for i in np.flatnonzero(keep)]
@@ -138,7 +150,8 @@ def _skipped_images(reports: tuple[ReadReport, ...]) -> dict[str, str]:
 class _ImageBoxes:
     """The level's boxes, grouped by image: I images sorted by ImageID, B boxes.
 
-    Image i's boxes are rows [starts[i], ends[i]) of the box arrays, in file order.
+    Image i's boxes are rows [starts[i], ends[i]) of the box arrays: the annotated
+    boxes in file order, then the ancestor copies (ancestor_copies) in file order.
 
     Attributes:
       image_ids: [I] str ImageIDs.
@@ -146,6 +159,7 @@ class _ImageBoxes:
       mids: [B] str LabelName of each box.
       coords: [B, 4] float64 (ymin, xmin, ymax, xmax), normalized.
       flags: [B, 4] int64 (IsGroupOf, IsOccluded, IsTruncated, IsDepiction).
+      is_copy: [B] bool, the box is a descendant's box copied to a class of the level.
     """
 
     image_ids: np.ndarray
@@ -154,25 +168,140 @@ class _ImageBoxes:
     mids: np.ndarray
     coords: np.ndarray
     flags: np.ndarray
+    is_copy: np.ndarray
 
     @staticmethod
-    def of_level(boxes: pd.DataFrame, level: Level,
-                 skipped_images: dict[str, str]) -> _ImageBoxes:
-        """The boxes of the level's classes, without the images in `skipped_images`."""
+    def of_level(boxes: pd.DataFrame, level: Level, skipped_images: dict[str, str],
+                 copies: pd.DataFrame | None = None) -> _ImageBoxes:
+        """The boxes of the level's classes, without the images in `skipped_images`,
+        followed by `copies` (ancestor_copies' frame, already without those images)."""
         lb = boxes.loc[_mask(boxes["LabelName"], set(level.classes))]
         if skipped_images:
             lb = lb.loc[~_mask(lb["ImageID"], set(skipped_images))]
-        image_ids = np.asarray(lb["ImageID"].astype(str))
-        mids = np.asarray(lb["LabelName"].astype(str))
+        parts = [lb] if copies is None else [lb, copies]
+        image_ids = np.concatenate([np.asarray(f["ImageID"].astype(str), dtype=object)
+                                    for f in parts])
+        mids = np.concatenate([np.asarray(f["LabelName"].astype(str), dtype=object)
+                               for f in parts])
+        coords = np.concatenate([f[list(_COORDS)].to_numpy(np.float64).reshape(-1, 4)
+                                 for f in parts])
+        flags = np.concatenate([f[list(_FLAGS)].to_numpy(np.int64).reshape(-1, 4)
+                                for f in parts])
+        is_copy = np.concatenate([np.full(len(f), k > 0) for k, f in enumerate(parts)])
         order = np.argsort(image_ids, kind="stable")
-        image_ids, mids = image_ids[order], mids[order]
-        coords = lb[["YMin", "XMin", "YMax", "XMax"]].to_numpy(np.float64)[order]
-        flags = lb[["IsGroupOf", "IsOccluded", "IsTruncated", "IsDepiction"]].to_numpy(
-            np.int64)[order]
+        image_ids, mids, coords, flags, is_copy = (
+            a[order] for a in (image_ids, mids, coords, flags, is_copy))
         starts = np.flatnonzero(np.r_[True, image_ids[1:] != image_ids[:-1]]) \
             if len(image_ids) else np.empty(0, np.int64)
-        ends = np.r_[starts[1:], len(image_ids)]
-        return _ImageBoxes(image_ids[starts], starts, ends, mids, coords, flags)
+        ends = np.r_[starts[1:], len(image_ids)].astype(np.int64)
+        return _ImageBoxes(image_ids[starts], starts, ends, mids, coords, flags, is_copy)
+
+
+_COORDS = ("YMin", "XMin", "YMax", "XMax")
+_FLAGS = ("IsGroupOf", "IsOccluded", "IsTruncated", "IsDepiction")
+_PLACE = ("ImageID", "XMin", "XMax", "YMin", "YMax")
+
+
+def nearest_ancestors(level: Level, hierarchy: Hierarchy,
+                      own_boxes: dict[str, int]) -> dict[str, str]:
+    """MID of each class outside the level that has a Subcategory ancestor in it -> the one
+    of those ancestors its boxes are copied to.
+
+    That is the nearest such ancestor (one that is no ancestor of another of them: a Square
+    box goes to Quadrilateral rather than Polygon, and prediction copies a Quadrilateral
+    detection to Polygon). Between ancestors equally near (Star is a Polygon and a Symbol),
+    the one with fewer boxes of its own in `own_boxes` (MID -> boxes), which gains most;
+    then the smaller MID. Classes missing from the hierarchy have no ancestors.
+    """
+    in_level = set(level.classes)
+    out = {}
+    for mid in sorted(hierarchy.classes - in_level):
+        held = hierarchy.ancestors(mid) & in_level
+        if not held:
+            continue
+        nearest = [a for a in held if not any(a in hierarchy.ancestors(b) for b in held)]
+        out[mid] = min(nearest, key=lambda a: (own_boxes.get(a, 0), a))
+    return out
+
+
+def ancestor_copies(boxes: pd.DataFrame, level: Level, hierarchy: Hierarchy,
+                    skipped_images: dict[str, str]) -> tuple[pd.DataFrame, dict]:
+    """The boxes of classes outside the level, copied to the level's nearest ancestor of
+    their class (nearest_ancestors), one box per place.
+
+    The challenge metric counts a descendant's box as a box of every ancestor, so a parent
+    class in a level is scored on boxes that the level's records would otherwise not hold
+    (Symbol has no box of its own in the demo; Star boxes are Symbol boxes). A copy keeps
+    the coordinates and the IsGroupOf, IsOccluded, IsTruncated, IsDepiction flags of its box.
+
+    One box per place (ImageID and exact coordinates): the target assignment
+    (boxes/assign.py) trains one class per anchor, so a second class at the same place
+    would be taught as background where the first one wins. Hence no copy is made where the
+    level already has a box (its own annotation of the parent at that place, or of a
+    descendant that the level holds: a Diamond box in a level with Diamond keeps Diamond),
+    and of several copies at one place the first of nearest_ancestors' order is kept.
+
+    Args:
+      boxes: the training boxes (oid.annotations.read_boxes; categorical ImageID, LabelName).
+      skipped_images: images left out whole; no copies are made in them.
+
+    Returns:
+      (copies with columns ImageID, LabelName (str), YMin, XMin, YMax, XMax and the four
+      flags, in file order of their boxes; stats: the class -> ancestor map used, copies
+      not made because the place already held a box of the level, and boxes of the level's
+      own classes under another class of the level, which train as themselves).
+    """
+    own = {str(m): int(n) for m, n in boxes["LabelName"].value_counts().items() if n}
+    target = nearest_ancestors(level, hierarchy, own)
+    in_level = set(level.classes)
+    under_level_class = sum(n for m, n in own.items() if m in in_level and m in hierarchy
+                            and hierarchy.ancestors(m) & in_level)
+    stats = {"copied_to": dict(sorted((m, a) for m, a in target.items() if m in own)),
+             "not_copied_place_taken": 0, "level_boxes_under_a_level_class": under_level_class}
+    columns = ["ImageID", "LabelName", *_COORDS, *_FLAGS]
+    keep = ~_mask(boxes["ImageID"], set(skipped_images)) if skipped_images \
+        else np.ones(len(boxes), bool)
+    src = boxes.loc[_mask(boxes["LabelName"], set(target)) & keep]
+    if not len(src):
+        return pd.DataFrame({c: [] for c in columns}), stats
+    originals = boxes.loc[_mask(boxes["LabelName"], in_level) & keep]
+    to = src["LabelName"].astype(str).map(target)
+    # Originals first, then the copies in order of preference: duplicated() keeps the first.
+    places = pd.concat([
+        pd.DataFrame({"image": originals["ImageID"].cat.codes.to_numpy(),
+                      **{c: originals[c].to_numpy() for c in _PLACE[1:]},
+                      "pref": -1, "row": -1}),
+        pd.DataFrame({"image": src["ImageID"].cat.codes.to_numpy(),
+                      **{c: src[c].to_numpy() for c in _PLACE[1:]},
+                      "pref": to.map(own).fillna(0).to_numpy(np.int64),
+                      "mid": to.to_numpy(), "row": np.arange(len(src))}),
+    ], ignore_index=True)
+    places = places.sort_values(["pref", "mid", "row"], kind="stable", na_position="first")
+    taken = places.duplicated(subset=["image", *_PLACE[1:]], keep="first")
+    rows = np.sort(places.loc[~taken & (places["row"] >= 0), "row"].to_numpy(np.int64))
+    stats["not_copied_place_taken"] = int(len(src) - len(rows))
+    kept = src.iloc[rows]
+    copies = pd.DataFrame({"ImageID": kept["ImageID"].astype(str).to_numpy(),
+                           "LabelName": to.iloc[rows].to_numpy(),
+                           **{c: kept[c].to_numpy() for c in (*_COORDS, *_FLAGS)}})
+    return copies, stats
+
+
+def _copies_per_split(runs: _ImageBoxes, val: np.ndarray, train: np.ndarray) -> dict:
+    """Copies written per split and per class, and images in the level only through copies.
+
+    val, train: [I] bool masks of the images written to each split.
+    """
+    per_image = np.add.reduceat(runs.is_copy.astype(np.int64), runs.starts) \
+        if len(runs.starts) else np.zeros(0, np.int64)
+    only = per_image == (runs.ends - runs.starts)
+    in_split = {"train": train, "val": val}
+    written = np.repeat(train | val, runs.ends - runs.starts) & runs.is_copy
+    return {
+        "added": {s: int(per_image[m].sum()) for s, m in in_split.items()},
+        "added_per_class": dict(sorted(Counter(runs.mids[written]).items())),
+        "images_only_through_copies": {s: int((only & m).sum()) for s, m in in_split.items()},
+    }
 
 
 def _image_labels(labels: pd.DataFrame, related: set[str], image_ids: set[str],

@@ -3,12 +3,15 @@
 Open Images is long-tailed: a few classes have hundreds of thousands of boxes,
 hundreds have a few hundred. Like the original system, classes are ranked by
 training box count and cut into consecutive groups ("levels") of configurable
-sizes, so each detector sees classes of comparable frequency. Two optional
-levels are taken out of that ranking first:
+sizes, so each detector sees classes of comparable frequency. Optional levels
+are taken out of that ranking first:
   * a hand-listed "hard" level (classes a user wants trained on their own);
-  * a "parents" level of every class that has Subcategory children (e.g.
+  * "parents" levels of the classes that have Subcategory children (e.g.
     Animal, Vehicle), whose boxes are the most specific label an annotator
-    gave and which a submission otherwise gets only by copying child boxes up.
+    gave and which a submission otherwise gets only by copying child boxes up:
+    one level, or several cut by frequency (`--parents_level_sizes`), the
+    parents ranked by the boxes the challenge metric scores them on (their own
+    and their descendants').
 
 The result is a small JSON level spec that every later stage reads, so the
 Beam job, training, evaluation and prediction agree on which class is index
@@ -20,6 +23,8 @@ k of level N:
 A class's level-local index is its position in `classes` (0-based).
 
     python -m oid.levels --data_dir D [--level_sizes 100,150] [--out levels.json]
+    python -m oid.levels --data_dir D --level_sizes 100,100,100 --hard_classes MID,... \
+        --parents_level_sizes 20     # the original system's shape: 4 count, hard, 2 parents
 
 levels_from_boxes is that command as a function: the records job calls it
 (with the defaults) when it is given no spec, so its levels are the ones the
@@ -187,6 +192,8 @@ def make_levels(
     all_classes: Sequence[str] = (),
     hard_classes: Sequence[str] = (),
     parent_classes: Sequence[str] = (),
+    parents_level_sizes: Sequence[int] = (),
+    parent_box_counts: Mapping[str, int] | None = None,
 ) -> LevelSpec:
     """Splits classes into levels.
 
@@ -197,14 +204,20 @@ def make_levels(
         gives levels of 100, 150 and 250 classes.
       all_classes: classes to place even if they have no boxes (they rank last).
       hard_classes: taken out of the ranking into a "hard" level.
-      parent_classes: taken out of the ranking into a "parents" level (pass
-        the classes that have Subcategory children to get one).
+      parent_classes: taken out of the ranking into "parents" levels (pass
+        the classes that have Subcategory children to get them).
+      parents_level_sizes: sizes of the first parents levels, parents ranked by
+        `parent_box_counts`; the parents left over form one more. () gives one
+        parents level of them all.
+      parent_box_counts: MID -> boxes of the parents' ranking (expanded_box_counts:
+        what the challenge metric scores them on); default `box_counts`.
 
     Returns:
       LevelSpec: count levels first, then hard, then parents (empty ones omitted).
     """
-    if any(s <= 0 for s in level_sizes):
-        raise ValueError(f"level sizes must be positive, got {list(level_sizes)}")
+    for what, sizes in (("level", level_sizes), ("parents level", parents_level_sizes)):
+        if any(s <= 0 for s in sizes):
+            raise ValueError(f"{what} sizes must be positive, got {list(sizes)}")
     ranked = rank_classes(box_counts, all_classes)
     known = set(ranked)
     for name, group in (("hard", hard_classes), ("parent", parent_classes)):
@@ -212,21 +225,28 @@ def make_levels(
         if unknown:
             raise ValueError(f"{name} classes not among the classes: {', '.join(unknown)}")
     hard = [m for m in ranked if m in set(hard_classes)]
-    parents = [m for m in ranked if m in set(parent_classes) and m not in set(hard)]
+    parents_ranked = rank_classes(box_counts if parent_box_counts is None else parent_box_counts,
+                                  ranked)
+    parents = [m for m in parents_ranked if m in set(parent_classes) and m not in set(hard)]
     rest = [m for m in ranked if m not in set(hard) | set(parents)]
 
-    groups: list[tuple[str, list[str]]] = []
-    start = 0
-    for size in level_sizes:
-        if start >= len(rest):
-            break
-        groups.append(("count", rest[start:start + size]))
-        start += size
-    if start < len(rest):
-        groups.append(("count", rest[start:]))
-    groups += [("hard", hard), ("parents", parents)]
+    groups = [("count", g) for g in _cut(rest, level_sizes)] + [("hard", hard)]
+    groups += [("parents", g) for g in _cut(parents, parents_level_sizes)]
     return LevelSpec(tuple(Level(i + 1, kind, tuple(mids))
                            for i, (kind, mids) in enumerate(g for g in groups if g[1])))
+
+
+def _cut(ranked: list[str], sizes: Sequence[int]) -> list[list[str]]:
+    """Consecutive groups of the given sizes, then one of what is left; never an empty one."""
+    groups, start = [], 0
+    for size in sizes:
+        if start >= len(ranked):
+            break
+        groups.append(ranked[start:start + size])
+        start += size
+    if start < len(ranked):
+        groups.append(ranked[start:])
+    return groups
 
 
 def box_counts(boxes: pd.DataFrame) -> dict[str, int]:
@@ -237,6 +257,18 @@ def box_counts(boxes: pd.DataFrame) -> dict[str, int]:
     """
     counts = boxes["LabelName"].value_counts()
     return {str(m): int(n) for m, n in counts.items() if n}
+
+
+def expanded_box_counts(box_counts: Mapping[str, int], hierarchy: Hierarchy) -> dict[str, int]:
+    """MID -> its own boxes plus every Subcategory descendant's: the boxes the challenge
+    metric scores a class on. A box counts once for each of its class's ancestors (a Star box
+    for Polygon and for Symbol); classes missing from the hierarchy keep their own count."""
+    out = {m: int(n) for m, n in box_counts.items()}
+    for mid, n in box_counts.items():
+        if mid in hierarchy:
+            for ancestor in hierarchy.ancestors(mid):
+                out[ancestor] = out.get(ancestor, 0) + int(n)
+    return out
 
 
 def parent_classes(classes: ClassTable, hierarchy: Hierarchy) -> list[str]:
@@ -251,6 +283,7 @@ def levels_from_boxes(
     level_sizes: Sequence[int] = DEFAULT_LEVEL_SIZES,
     hard_classes: Sequence[str] = (),
     parents_level: bool = False,
+    parents_level_sizes: Sequence[int] = (),
 ) -> LevelSpec:
     """The levels `python -m oid.levels` makes from a data directory's tables.
 
@@ -259,15 +292,21 @@ def levels_from_boxes(
     Args:
       boxes: the training boxes (oid.annotations.read_boxes).
       classes: the class table.
-      hierarchy: needed only for `parents_level`.
-      level_sizes, hard_classes: as in make_levels.
-      parents_level: put the classes with Subcategory children in a level of their own.
+      hierarchy: needed only for parents levels.
+      level_sizes, hard_classes, parents_level_sizes: as in make_levels.
+      parents_level: put the classes with Subcategory children in levels of their own
+        (implied by `parents_level_sizes`), ranked by expanded_box_counts.
     """
+    parents_level = parents_level or bool(parents_level_sizes)
     if parents_level and hierarchy is None:
         raise ValueError("parents_level needs the hierarchy")
+    counts = box_counts(boxes)
     parents = parent_classes(classes, hierarchy) if parents_level else []
-    return make_levels(box_counts(boxes), level_sizes, all_classes=classes.mids,
-                       hard_classes=hard_classes, parent_classes=parents)
+    return make_levels(counts, level_sizes, all_classes=classes.mids,
+                       hard_classes=hard_classes, parent_classes=parents,
+                       parents_level_sizes=parents_level_sizes,
+                       parent_box_counts=expanded_box_counts(counts, hierarchy)
+                       if parents_level else None)
 
 
 def parse_level_sizes(text: str, flag: str = "--level_sizes") -> list[int]:
@@ -402,6 +441,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hard_classes", default="", help="comma-separated MIDs for a hard level")
     parser.add_argument("--parents_level", action="store_true",
                         help="put every class with Subcategory children in its own level")
+    parser.add_argument("--parents_level_sizes", default="",
+                        help="comma-separated sizes of the first parents levels, parents ranked "
+                             "by their own and their descendants' boxes; the rest form one more "
+                             "(implies --parents_level; e.g. 20 cuts the challenge's 57 parents "
+                             "into 20 and 37)")
     parser.add_argument("--out", default=None,
                         help="level spec JSON (default DATA_DIR/levels.json)")
     parser.add_argument("--plot", default=None,
@@ -416,8 +460,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args) -> int:
     layout = DataLayout(args.data_dir)
+    parents_level_sizes = parse_level_sizes(args.parents_level_sizes, "--parents_level_sizes")
+    parents_level = args.parents_level or bool(parents_level_sizes)
     check_data_dir(args.data_dir, [layout.classes, layout.train_boxes]
-                   + ([layout.hierarchy] if args.parents_level else []))
+                   + ([layout.hierarchy] if parents_level else []))
     level_sizes = parse_level_sizes(args.level_sizes)
     out = args.out or fileio.join(args.data_dir, "levels.json")
     plot = args.plot or (out.rsplit("/", 1)[0] + "/levels.png" if "/" in out else "levels.png")
@@ -428,13 +474,14 @@ def _run(args) -> int:
         raise UsageError("--plot", plot, "is the --out file; give the chart another name")
     classes = load_classes(layout.classes)
     hard = check_mids("--hard_classes", args.hard_classes, classes, layout.classes)
-    hierarchy = load_hierarchy(layout.hierarchy) if args.parents_level else None
+    hierarchy = load_hierarchy(layout.hierarchy) if parents_level else None
 
     print(f"reading {layout.train_boxes} ...", file=sys.stderr)
     boxes, report = read_boxes(layout.train_boxes, classes, lenient=args.lenient)
     if report.num_skipped:
         print(report.summary(), file=sys.stderr)
-    spec = levels_from_boxes(boxes, classes, hierarchy, level_sizes, hard, args.parents_level)
+    spec = levels_from_boxes(boxes, classes, hierarchy, level_sizes, hard, parents_level,
+                             parents_level_sizes)
     counts = box_counts(boxes)
     spec.save(out)
     plot_levels(spec, counts, plot, classes)
@@ -444,8 +491,12 @@ def _run(args) -> int:
     for r in table.itertuples():
         print(f"{r.level:>5} {r.kind:<8} {r.classes:>7} {r.images:>9} {r.boxes:>10} "
               f"{r.boxes_per_image:>9.2f}")
+    scored = expanded_box_counts(counts, hierarchy) if hierarchy is not None else counts
     for level in spec.levels:
-        shown = ", ".join(f"{classes.name(m)} ({counts.get(m, 0)})" for m in level.classes[:8])
+        # A parent's own boxes, and with its descendants' those the metric scores it on.
+        shown = ", ".join(f"{classes.name(m)} ({counts.get(m, 0)}"
+                          + (f"; {scored.get(m, 0)} with descendants" if level.kind == "parents"
+                             else "") + ")" for m in level.classes[:8])
         more = f", ... {len(level.classes) - 8} more" if len(level.classes) > 8 else ""
         print(f"  {level.name}: {shown}{more}")
     print(f"wrote {out} and {plot}")

@@ -99,3 +99,38 @@ def test_stage_output_sends_the_bar_to_the_terminal_and_every_other_line_to_the_
     split = demo.StageOutput(io.StringIO(), narrow, columns=21)
     split.feed(text)
     assert _as_shown(narrow.getvalue()) == [last[:20], ""]  # a line that never wraps
+def test_records_commands_turn_boxes_to_ancestors_on_and_off(tmp_path):
+    """The demo's records commands, run on a few images with and without the flag."""
+    import json
+    import subprocess
+    import sys
+
+    from oid.levels import Level, LevelSpec
+    from tests.train_fixtures import ENV
+
+    demo = _demo_module()
+    data = tmp_path / "data"
+    demo_data.write_dataset(str(data), seed=3, images=12, test_images=1, progress=False)
+    spec = tmp_path / "levels.json"
+    # Level 1 holds Symbol, a parent with no box of its own, and Cross, one of its children.
+    LevelSpec((Level(1, "count", (demo_data.SYMBOL, demo_data.CROSS)),)).save(str(spec))
+    added = {}
+    for on in (False, True):
+        records = tmp_path / f"records_{on}"
+        levels_cmd, test_cmd = demo.records_commands(sys.executable, str(data), str(spec),
+                                                     str(records), on, "--num_shards=1")
+        assert f"--boxes_to_ancestors={str(on).lower()}" in levels_cmd
+        assert levels_cmd[-1] == "--num_shards=1" and "--split" in test_cmd
+        done = subprocess.run(levels_cmd + ["--direct_num_workers=1"], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        with open(records / "level1" / "stats.json") as f:
+            stats = json.load(f)
+        added[on] = stats.get("boxes_to_ancestors")
+        symbol_boxes = sum(s["boxes_per_class"].get(demo_data.SYMBOL, 0)
+                           for s in stats["splits"].values())
+        # Off: Symbol has no box. On: every Star box is a Symbol box (Cross keeps its own).
+        assert (symbol_boxes > 0) == on
+    assert added[False] is None
+    assert added[True]["copied_to"] == {demo_data.STAR: demo_data.SYMBOL}
+    assert sum(added[True]["added"].values()) == added[True]["added_per_class"][demo_data.SYMBOL]

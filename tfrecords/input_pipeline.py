@@ -15,7 +15,8 @@ Per image, the model receives (shapes before batching):
   boxes:      [max_boxes, 4] float32 (ymin, xmin, ymax, xmax) pixels of `image`; padding rows 0.
   classes:    [max_boxes] int32 level-local class ids; padding rows -1.
   group_of:   [max_boxes] bool.
-  num_boxes:  [] int32 real rows (boxes beyond max_boxes are dropped, first kept).
+  num_boxes:  [] int32 real rows (boxes beyond max_boxes are dropped, the first kept, and
+              counted in DROPPED_BOXES: see DroppedBoxes).
   image_info: [4, 2] float32 (boxes/canvas.py): a box in `image` pixels maps back to
               the decoded image as (box + offset) / scale, and to normalized coordinates by
               dividing by the decoded size.
@@ -28,6 +29,8 @@ boxes.assign.add_image_targets), whatever it adds: cls_targets [A] int32 and box
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 from collections.abc import Callable
 
 import tensorflow as tf
@@ -39,6 +42,59 @@ from tfrecords.decode import decode_example
 from tfrecords.reader import records_dataset
 
 AUTOTUNE = tf.data.AUTOTUNE
+log = logging.getLogger(__name__)
+
+
+class DroppedBoxes:
+    """Ground-truth boxes past max_boxes, per image, shared by every pipeline of the process
+    (tf.data runs the map in several threads).
+
+    A dropped box is not background: no anchor learns it, and its anchors are taught
+    background for its class. train.py sets max_boxes to the records' largest box count per
+    image (stats.json), so boxes are dropped only when a smaller --max_boxes is given; the
+    first time an image loses boxes is logged, and summary() ends the training log.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.images: dict[str, tuple[int, int]] = {}  # ImageID -> (boxes, boxes lost) last seen
+        self.times = 0  # image reads that lost boxes (an image counts once per pass)
+        self.boxes = 0  # boxes lost over all those reads
+
+    def record(self, image_id: str, boxes: int, max_boxes: int) -> None:
+        lost = boxes - max_boxes
+        with self._lock:
+            new = image_id not in self.images
+            self.images[image_id] = (boxes, lost)
+            self.times += 1
+            self.boxes += lost
+            count = len(self.images)
+        if new:
+            log.warning("image %s has %d boxes, more than max_boxes=%d: the last %d are not "
+                        "trained (%d images so far); pass --max_boxes=%d or more to keep them",
+                        image_id, boxes, max_boxes, lost, count, boxes)
+
+    def reset(self) -> None:
+        with self._lock:
+            self.images.clear()
+            self.times = self.boxes = 0
+
+    def summary(self, shown: int = 10) -> str:
+        """One line: the images that lost boxes, most first, or that none did."""
+        with self._lock:
+            images = dict(self.images)
+            times, boxes = self.times, self.boxes
+        if not images:
+            return "boxes past max_boxes: none, every ground-truth box was trained"
+        worst = sorted(images.items(), key=lambda kv: (-kv[1][1], kv[0]))
+        listed = ", ".join(f"{i} ({lost} of {n})" for i, (n, lost) in worst[:shown])
+        more = f", ... {len(worst) - shown} more" if len(worst) > shown else ""
+        return (f"boxes past max_boxes: {len(images)} images lost boxes, {boxes} boxes in "
+                f"{times} reads: {listed}{more}; pass --max_boxes={max(n for n, _ in images.values())} "
+                "to keep them all")
+
+
+DROPPED_BOXES = DroppedBoxes()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +194,8 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
     classes = tf.boolean_mask(classes, keep)
     group_of = tf.boolean_mask(group_of, keep)
 
-    n = tf.minimum(tf.shape(pixel)[0], config.max_boxes)
+    total = tf.shape(pixel)[0]
+    n = _count_dropped(total, config.max_boxes, d["source_id"])
     pad = config.max_boxes - n
     image_info = canvas.image_info(size, scaled, scale, offset)
     return {
@@ -151,6 +208,26 @@ def preprocess_example(serialized: tf.Tensor, config: InputConfig, index=0) -> d
         "image_info": image_info,
         "source_id": d["source_id"],
     }
+
+
+def _count_dropped(total: tf.Tensor, max_boxes: int, source_id: tf.Tensor,
+                   counts: DroppedBoxes | None = None) -> tf.Tensor:
+    """min(total, max_boxes), recording in `counts` (DROPPED_BOXES) an image with more.
+
+    Python runs only for such an image (a tf.cond around a tf.py_function), so the common
+    path stays in the graph; eagerly and inside tf.data alike.
+    """
+    counts = DROPPED_BOXES if counts is None else counts
+
+    def note(image_id, boxes):
+        counts.record(image_id.numpy().decode("utf-8", "replace"), int(boxes), max_boxes)
+        return 0
+
+    noted = tf.cond(total > max_boxes,
+                    lambda: tf.py_function(note, [source_id, total], tf.int32),
+                    lambda: tf.constant(0, tf.int32))
+    with tf.control_dependencies([noted]):
+        return tf.identity(tf.minimum(total, max_boxes))
 
 
 def _resize_uint8(image: tf.Tensor, scaled: tf.Tensor) -> tf.Tensor:

@@ -15,6 +15,7 @@ the bar to the terminal, every other line to the log file); elsewhere, as in CI,
 files hold the usual lines.
 
   python tools/demo.py [--out demo_out] [--seed 0] [--images 600] [--flagfile demo.flags]
+      [--boxes_to_ancestors | --no-boxes_to_ancestors] [--records_args '...'] [--train_args '...']
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ sys.path.insert(0, ROOT)
 
 VAL_FRACTION = 0.15  # the records' --val_fraction: the same ImageIDs are val for every level
 MAX_SIDE = 320
+# make_records.py --boxes_to_ancestors unless --no-boxes_to_ancestors (or the reverse): the
+# records job's own default, so that the demo shows what a user gets.
+BOXES_TO_ANCESTORS = False
 
 
 class StageOutput:
@@ -138,6 +142,24 @@ def write_validation_set(data_dir: str, out_dir: str) -> tuple[int, str, str]:
     return len(val_ids), outputs[0], outputs[1]
 
 
+def records_commands(py: str, data: str, levels_spec: str, records: str,
+                     boxes_to_ancestors: bool = BOXES_TO_ANCESTORS,
+                     extra: str = "") -> list[list[str]]:
+    """The records job's commands: every level, then the test images.
+
+    boxes_to_ancestors: make_records.py --boxes_to_ancestors (given either way, so that the
+      command shows it). extra: more make_records.py flags for the levels, shell-quoted.
+    """
+    return [
+        [py, "beam_jobs/make_records.py", "--data_dir", data, "--levels_spec", levels_spec,
+         "--output_dir", records, "--level", "all", "--max_side", str(MAX_SIDE),
+         "--val_fraction", str(VAL_FRACTION), "--log_every", "0",
+         f"--boxes_to_ancestors={str(boxes_to_ancestors).lower()}", *shlex.split(extra)],
+        [py, "beam_jobs/make_records.py", "--data_dir", data, "--output_dir", records,
+         "--split", "test", "--max_side", str(MAX_SIDE), "--log_every", "0"],
+    ]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -148,6 +170,13 @@ def main(argv=None) -> int:
     parser.add_argument("--visualize", type=int, default=4, help="test images to draw")
     parser.add_argument("--train_args", default="",
                         help="extra train.py flags, e.g. '--epochs=2' for a quick look")
+    parser.add_argument("--boxes_to_ancestors", action=argparse.BooleanOptionalAction,
+                        default=BOXES_TO_ANCESTORS,
+                        help="make the records with make_records.py --boxes_to_ancestors (a "
+                             "level's parent classes also learn their descendants' boxes)")
+    parser.add_argument("--records_args", default="",
+                        help="extra make_records.py flags for the levels' records, e.g. "
+                             "'--repeat_threshold=0.3'")
     args = parser.parse_args(argv)
 
     py = sys.executable
@@ -166,18 +195,14 @@ def main(argv=None) -> int:
     stages["levels"] = run([py, "-m", "oid.levels", "--data_dir", data, "--level_sizes", "6",
                             "--out", os.path.join(out, "levels.json"),
                             "--plot", os.path.join(out, "levels.png")])
-    stages["records"] = run([py, "beam_jobs/make_records.py", "--data_dir", data,
-                             "--levels_spec", os.path.join(out, "levels.json"),
-                             "--output_dir", records, "--level", "all",
-                             "--max_side", str(MAX_SIDE), "--val_fraction", str(VAL_FRACTION),
-                             "--log_every", "0"])
-    stages["records"] += run([py, "beam_jobs/make_records.py", "--data_dir", data,
-                              "--output_dir", records, "--split", "test",
-                              "--max_side", str(MAX_SIDE), "--log_every", "0"])
+    stages["records"] = sum(run(cmd) for cmd in records_commands(
+        py, data, os.path.join(out, "levels.json"), records, args.boxes_to_ancestors,
+        args.records_args))
     with open(os.path.join(out, "levels.json")) as f:
         level_ids = [level["index"] for level in json.load(f)["levels"]]
 
-    summary: dict = {"levels": {}}
+    summary: dict = {"levels": {}, "boxes_to_ancestors": args.boxes_to_ancestors,
+                     "records_args": args.records_args, "train_args": args.train_args}
     for level in level_ids:
         model_dir = os.path.join(models, f"level{level}")
         # A fresh run: train.py would resume an earlier demo's checkpoints (or refuse them

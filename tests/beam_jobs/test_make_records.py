@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl.testing import flagsaver
 from apache_beam.testing import test_pipeline
 
 from beam_jobs import make_records
@@ -121,6 +122,14 @@ def test_split_and_stats(level1):
         assert stats["splits"][name]["images"] == len(ids)
     total_boxes = sum(s["boxes"] for s in stats["splits"].values())
     assert total_boxes == 7  # good1: 2, good2/cmyk1/grey1/png1/exif1: 1 each
+    # Box counts per image: good1 has 2 boxes, the other five images 1 each.
+    good1_side = split.split_of("good1", 0.5)
+    for name, s in stats["splits"].items():
+        assert s["max_boxes"] == (2 if name == good1_side else 1)
+        assert sum(s["boxes_per_image"].values()) == s["images"]
+        assert sum(int(n) * k for n, k in s["boxes_per_image"].items()) == s["boxes"]
+        assert len(s["most_boxes"]) == s["images"]  # fewer than MOST_BOXES_LISTED images
+    assert stats["splits"][good1_side]["most_boxes"][0] == [2, "good1"]
     with open(os.path.join(out, "stats.json")) as f:
         assert json.load(f) == stats
     with open(os.path.join(out, "labels.json")) as f:
@@ -180,6 +189,42 @@ def test_command_line_level_and_test_split(tmp_path):
         assert list(csv.reader(f))[1:] == [["bad name", "bad_image_id"]]
     d = read_records(os.path.join(out, "test"), "test")["test1"]
     assert d["boxes"].shape == (0, 4)
+
+
+def test_boxes_to_ancestors_on_the_command_line(tmp_path):
+    lay = fx.make_dataset(str(tmp_path / "data"))
+    out = str(tmp_path / "records")
+    # Flags keep their values between in-process runs: restore them afterwards, and give
+    # --split (an earlier test's run may have left it at test).
+    with flagsaver.flagsaver():
+        results = make_records.run(["make_records", f"--data_dir={lay.data_dir}",
+                                    f"--output_dir={out}", "--runner=DirectRunner",
+                                    "--max_side=64", "--num_shards=1", "--val_fraction=0.5",
+                                    "--split=train", "--level=2", "--boxes_to_ancestors"])
+    level2 = os.path.join(out, "level2")
+    records = {**read_records(level2, "train"), **read_records(level2, "val")}
+    # Level 2 (Car, Animal): every dog and cat box is also an Animal box now, so the images
+    # with only dogs and cats join good2 and car1 (badbox1 is left out whole; corrupt1,
+    # trunc1 and missing1 are skipped as images).
+    assert set(records) == {"good2", "car1", "good1", "cmyk1", "grey1", "png1", "exif1"}
+    animal, car = 1, 0  # level-local indices: the spec lists (Car, Animal)
+    good1 = records["good1"]
+    assert [m.decode() for m in good1["mids"].numpy()] == [fx.ANIMAL, fx.ANIMAL]
+    assert good1["classes"].numpy().tolist() == [animal, animal]
+    np.testing.assert_allclose(good1["boxes"].numpy(), [[0.2, 0.1, 0.6, 0.4], [0.5, 0.5, 0.9, 0.9]],
+                               atol=1e-6)  # the dog's and the cat's (ymin, xmin, ymax, xmax)
+    good2 = records["good2"]
+    assert good2["classes"].numpy().tolist() == [car, animal]  # the car, then the dog's copy
+    assert good2["group_of"].numpy().tolist() == [0, 1]  # the dog box is a group-of box
+    copies = results["level2"]["boxes_to_ancestors"]
+    assert copies["added_per_class"] == {fx.ANIMAL: 10}  # every dog and cat box of the plan
+    assert sum(copies["images_only_through_copies"].values()) == 8  # all but good2, car1
+    with open(os.path.join(level2, "stats.json")) as f:
+        assert json.load(f)["boxes_to_ancestors"] == copies
+    # The val ground truth stays the official rows: dogs and cats, never "Animal" copies.
+    with open(os.path.join(level2, "val-bbox.csv")) as f:
+        labels = {row["LabelName"] for row in csv.DictReader(f)}
+    assert fx.ANIMAL not in labels and labels <= {fx.DOG, fx.CAT, fx.CAR}
 
 
 def run_job(*args) -> subprocess.CompletedProcess:

@@ -99,3 +99,130 @@ def test_dominant_filter(data):
     assert kept == {"good1", "grey1"}  # 50% dogs and 0% dogs
     assert plan.stats["dominant_classes"] == [fx.DOG]
     assert plan.stats["filtered"] == {"dominant_classes": 7}
+
+
+# -- boxes_to_ancestors ----------------------------------------------------------------------
+# A hierarchy like the demo's: Shape > {Tri, Quad > {Sq, Dia}, Star}, Sym > {Star, Cross};
+# Face has Eye as a Part (not a kind of Face); Lone is in the class table but in no hierarchy.
+SHAPE, TRI, QUAD, SQ, DIA, STAR = "/m/shape", "/m/tri", "/m/quad", "/m/sq", "/m/dia", "/m/star"
+SYM, CROSS, FACE, EYE, LONE = "/m/sym", "/m/cross", "/m/face", "/m/eye", "/m/lone"
+TREE = {"LabelName": "/m/0bl9f", "Subcategory": [
+    {"LabelName": SHAPE, "Subcategory": [
+        {"LabelName": TRI},
+        {"LabelName": QUAD, "Subcategory": [{"LabelName": SQ}, {"LabelName": DIA}]},
+        {"LabelName": STAR}]},
+    {"LabelName": SYM, "Subcategory": [{"LabelName": STAR}, {"LabelName": CROSS}]},
+    {"LabelName": FACE, "Part": [{"LabelName": EYE}]}]}
+PARENTS = ("/m/shape", "/m/quad", "/m/sym", "/m/dia", "/m/cross")  # the level, in index order
+A, B, C, D, E, F, G = ((0.1 * k, 0.1 * k, 0.1 * k + 0.05, 0.1 * k + 0.05) for k in range(7))
+
+
+def _frame(rows):
+    """rows: (ImageID, MID, (ymin, xmin, ymax, xmax), IsGroupOf, IsOccluded) -> boxes frame."""
+    import pandas as pd
+
+    return pd.DataFrame({
+        "ImageID": pd.Categorical([r[0] for r in rows]),
+        "LabelName": pd.Categorical([r[1] for r in rows]),
+        "XMin": [r[2][1] for r in rows], "XMax": [r[2][3] for r in rows],
+        "YMin": [r[2][0] for r in rows], "YMax": [r[2][2] for r in rows],
+        "IsGroupOf": [r[3] for r in rows], "IsOccluded": [r[4] for r in rows],
+        "IsTruncated": 0, "IsDepiction": 0})
+
+
+BOX_ROWS = [
+    ("i1", SQ, A, 1, 1),     # -> Quad (nearest), group-of and occluded carried over
+    ("i1", TRI, B, 0, 0),    # -> Shape
+    ("i2", STAR, C, 0, 0),   # -> Sym (fewer own boxes than Shape), but ...
+    ("i2", SYM, C, 0, 0),    # ... Sym is annotated at that place already: one box kept
+    ("i3", DIA, D, 0, 0),    # in the level itself: no copy to Quad or Shape
+    ("i4", LONE, A, 0, 0),   # in no hierarchy: no copy, not in the level
+    ("i5", EYE, A, 0, 0),    # a Part of Face, no Subcategory ancestor: no copy
+    ("i6", SHAPE, E, 0, 0),
+    ("i6", SHAPE, A, 0, 0),
+    ("i6", CROSS, G, 0, 0),  # in the level (under Sym): trains as Cross
+    ("i7", STAR, F, 0, 0),   # -> Sym ...
+    ("i7", TRI, F, 0, 0),    # -> Shape at the same place: not made, Sym is preferred there
+]
+
+
+def _plan_parents(rows, on, val_fraction=0.0):
+    import pandas as pd
+
+    from oid.hierarchy import Hierarchy
+    from oid.levels import Level
+
+    labels = pd.DataFrame({"ImageID": pd.Categorical([]), "LabelName": pd.Categorical([]),
+                           "Confidence": pd.Series([], dtype="float32")})
+    return plan_level(_frame(rows), labels, Level(2, "parents", PARENTS),
+                      Hierarchy.from_json(TREE),
+                      PlanConfig(val_fraction=val_fraction, boxes_to_ancestors=on))
+
+
+def test_nearest_ancestors_prefers_the_nearest_then_the_rarer():
+    from beam_jobs.plan import nearest_ancestors
+    from oid.hierarchy import Hierarchy
+    from oid.levels import Level
+
+    level = Level(2, "parents", PARENTS)
+    tree = Hierarchy.from_json(TREE)
+    # Star is a Shape and a Sym, both in the level and equally near: Sym has fewer boxes.
+    assert nearest_ancestors(level, tree, {SHAPE: 2, SYM: 1}) == {
+        SQ: QUAD, TRI: SHAPE, STAR: SYM}
+    # Equal counts: the smaller MID (/m/shape < /m/sym).
+    assert nearest_ancestors(level, tree, {})[STAR] == SHAPE
+    # Quad out of the level: a Square box goes to Shape; Quad itself to Shape.
+    level = Level(1, "count", (SHAPE, SYM))
+    assert nearest_ancestors(level, tree, {SHAPE: 5}) == {
+        TRI: SHAPE, QUAD: SHAPE, SQ: SHAPE, DIA: SHAPE, STAR: SYM, CROSS: SYM}
+
+
+def test_boxes_to_ancestors_golden_boxes():
+    plan = _plan_parents(BOX_ROWS, on=True)
+    got = {a.image_id: list(zip(a.mids, map(tuple, a.boxes), a.group_of, a.occluded,
+                                a.labels, strict=True))
+           for a in plan.annotations}
+    index = {m: i for i, m in enumerate(PARENTS)}
+    # Worked out by hand from BOX_ROWS' comments: annotated boxes first, then copies.
+    assert got == {
+        "i1": [(QUAD, A, 1, 1, index[QUAD]), (SHAPE, B, 0, 0, index[SHAPE])],
+        "i2": [(SYM, C, 0, 0, index[SYM])],
+        "i3": [(DIA, D, 0, 0, index[DIA])],
+        "i6": [(SHAPE, E, 0, 0, index[SHAPE]), (SHAPE, A, 0, 0, index[SHAPE]),
+               (CROSS, G, 0, 0, index[CROSS])],
+        "i7": [(SYM, F, 0, 0, index[SYM])],
+    }
+    copies = plan.stats["boxes_to_ancestors"]
+    assert copies["added"] == {"train": 3, "val": 0}
+    assert copies["added_per_class"] == {QUAD: 1, SHAPE: 1, SYM: 1}
+    assert copies["images_only_through_copies"] == {"train": 2, "val": 0}  # i1, i7
+    assert copies["not_copied_place_taken"] == 2  # i2's Star, i7's Tri
+    assert copies["level_boxes_under_a_level_class"] == 2  # Dia, Cross
+    assert copies["copied_to"] == {SQ: QUAD, STAR: SYM, TRI: SHAPE}
+
+
+def test_boxes_to_ancestors_off_keeps_the_annotated_boxes_only():
+    plan = _plan_parents(BOX_ROWS, on=False)
+    assert {a.image_id: a.mids for a in plan.annotations} == {
+        "i2": [SYM], "i3": [DIA], "i6": [SHAPE, SHAPE, CROSS]}
+    assert "boxes_to_ancestors" not in plan.stats
+
+
+def test_boxes_to_ancestors_leaves_the_val_ground_truth_official():
+    plan = _plan_parents(BOX_ROWS, on=True, val_fraction=1.0)
+    assert {a.split for a in plan.annotations} == {"val"}
+    assert plan.stats["boxes_to_ancestors"]["added"] == {"train": 0, "val": 3}
+    # The metric expands these rows itself; the copies never reach the CSV.
+    gt = plan.val_boxes
+    rows = set(zip(gt["ImageID"].astype(str), gt["LabelName"].astype(str), strict=True))
+    assert rows == {("i1", SQ), ("i1", TRI), ("i2", STAR), ("i2", SYM), ("i3", DIA),
+                    ("i6", SHAPE), ("i6", CROSS), ("i7", STAR), ("i7", TRI)}
+
+
+def test_boxes_to_ancestors_without_boxes():
+    plan = _plan_parents([], on=True)
+    assert plan.annotations == []
+    assert plan.stats["boxes_to_ancestors"]["added"] == {"train": 0, "val": 0}
+    # Only classes outside the hierarchy or the level: nothing to copy.
+    plan = _plan_parents([("i4", LONE, A, 0, 0), ("i5", EYE, A, 0, 0)], on=True)
+    assert plan.annotations == []

@@ -44,6 +44,60 @@ def test_hard_and_parents_levels_are_taken_out_of_the_ranking():
     assert spec.level_of("/m/a") == 3
 
 
+def test_parents_levels_cut_by_their_own_ranking():
+    # Parents a, b, c ranked by the parents' counts (c 9, a 5, b 5: tie by MID), not by
+    # COUNTS (a 10, b 8, c 8); sizes [1] gives [c] and the rest [a, b].
+    parent_counts = {"/m/a": 5, "/m/b": 5, "/m/c": 9}
+    spec = make_levels(COUNTS, [1], all_classes=ALL, parent_classes=["/m/a", "/m/b", "/m/c"],
+                       parents_level_sizes=[1], parent_box_counts=parent_counts)
+    assert classes_of(spec) == [("count", ["/m/d"]), ("count", ["/m/e"]),
+                                ("parents", ["/m/c"]), ("parents", ["/m/a", "/m/b"])]
+    # Sizes that use up every parent leave no empty level; an exact fit adds none.
+    for sizes in ([1, 2], [1, 5]):
+        spec = make_levels(COUNTS, [], parent_classes=["/m/a", "/m/b", "/m/c"],
+                           parents_level_sizes=sizes, parent_box_counts=parent_counts)
+        assert [lv.classes for lv in spec.levels if lv.kind == "parents"] == [
+            ("/m/c",), ("/m/a", "/m/b")]
+    with pytest.raises(ValueError, match="parents level sizes must be positive"):
+        make_levels(COUNTS, [], parent_classes=["/m/a"], parents_level_sizes=[0])
+
+
+def test_expanded_box_counts_counts_every_descendants_box_once_per_ancestor():
+    from oid.hierarchy import Hierarchy
+
+    # Shape > {Quad > Sq, Star}; Sym > Star (Star has two parents); Lone in no hierarchy.
+    tree = Hierarchy.from_json({"LabelName": "/m/0bl9f", "Subcategory": [
+        {"LabelName": "/m/shape", "Subcategory": [
+            {"LabelName": "/m/quad", "Subcategory": [{"LabelName": "/m/sq"}]},
+            {"LabelName": "/m/star"}]},
+        {"LabelName": "/m/sym", "Subcategory": [{"LabelName": "/m/star"}]}]})
+    own = {"/m/shape": 1, "/m/quad": 2, "/m/sq": 4, "/m/star": 8, "/m/lone": 16}
+    assert levels.expanded_box_counts(own, tree) == {
+        "/m/shape": 1 + 2 + 4 + 8, "/m/quad": 2 + 4, "/m/sq": 4, "/m/star": 8,
+        "/m/sym": 0 + 8, "/m/lone": 16}
+
+
+def test_the_original_systems_levels_on_the_challenge_classes(openimages_dir):
+    """Four count levels, a hard level and two parents levels from flags alone, on the
+    real class table and hierarchy (57 classes with Subcategory children)."""
+    classes = load_classes(str(openimages_dir / "challenge-2018-class-descriptions-500.csv"))
+    tree = load_hierarchy(str(openimages_dir / "bbox_labels_500_hierarchy.json"))
+    parents = levels.parent_classes(classes, tree)
+    assert len(parents) == 57
+    counts = {m: 1000 - i for i, m in enumerate(classes.mids)}  # any ranking will do
+    hard = [m for m in classes.mids if m not in parents][:3]
+    spec = make_levels(counts, [100, 100, 100], all_classes=classes.mids, hard_classes=hard,
+                       parent_classes=parents, parents_level_sizes=[20],
+                       parent_box_counts=levels.expanded_box_counts(counts, tree))
+    assert [(lv.kind, len(lv.classes)) for lv in spec.levels] == [
+        ("count", 100), ("count", 100), ("count", 100), ("count", 500 - 57 - 3 - 300),
+        ("hard", 3), ("parents", 20), ("parents", 37)]
+    scored = levels.expanded_box_counts(counts, tree)
+    # The first parents level holds the 20 parents scored on the most boxes.
+    first, second = spec.level(6).classes, spec.level(7).classes
+    assert min(scored[m] for m in first) >= max(scored[m] for m in second)
+
+
 def test_unknown_hard_class():
     with pytest.raises(ValueError, match="hard classes not among the classes: /m/zzz"):
         make_levels(COUNTS, [2], hard_classes=["/m/zzz"])
@@ -97,6 +151,22 @@ def test_command_on_demo_data(tmp_path, capsys):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "level kind" in printed and "parents" in printed
+
+
+def test_command_makes_the_original_shape_on_demo_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    demo_data.write_dataset(str(data), seed=3, images=30, test_images=2, progress=False)
+    out = tmp_path / "levels.json"
+    assert levels.main(["--data_dir", str(data), "--level_sizes", "2,2,2", "--hard_classes",
+                        demo_data.EYE, "--parents_level_sizes", "2", "--out", str(out)]) == 0
+    spec = LevelSpec.load(str(out))
+    assert [(lv.kind, len(lv.classes)) for lv in spec.levels] == [
+        ("count", 2), ("count", 2), ("count", 2), ("count", 2), ("hard", 1), ("parents", 2),
+        ("parents", 2)]
+    # Polygon (parent of Triangle, Quadrilateral, Square, Diamond, Star) is scored on the
+    # most boxes of the four parents: it is in the first parents level.
+    assert demo_data.POLYGON in spec.level(6).classes
+    assert "with descendants" in capsys.readouterr().out
 
 
 def test_levels_from_boxes_is_the_command_with_its_defaults(tmp_path):

@@ -57,6 +57,12 @@ def test_bad_level_sizes(data, tmp_path, sizes):
     refused(data, tmp_path, f"--level_sizes={sizes}", culprits=[f"--level_sizes={sizes}"])
 
 
+@pytest.mark.parametrize("sizes", ["x", "0"])
+def test_bad_parents_level_sizes(data, tmp_path, sizes):
+    refused(data, tmp_path, f"--parents_level_sizes={sizes}",
+            culprits=[f"--parents_level_sizes={sizes}"])
+
+
 def test_unknown_hard_class(data, tmp_path):
     last = refused(data, tmp_path, "--hard_classes=/m/0zzz",
                    culprits=["--hard_classes=/m/0zzz", "/m/0zzz", "class table"])

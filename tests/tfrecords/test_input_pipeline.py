@@ -75,6 +75,38 @@ def test_no_boxes_and_more_boxes_than_max():
     assert out["classes"].numpy().tolist() == [0, 1, 2, 3]
 
 
+def test_boxes_past_max_boxes_are_counted_eagerly_and_in_tf_data(tmp_path, caplog):
+    from tfrecords.input_pipeline import DROPPED_BOXES
+
+    # "m6" has 6 boxes, "m5" 5, "ok" 4: with max_boxes 4, m6 loses 2 and m5 loses 1.
+    def boxes(n):
+        return [[0.1, 0.1, 0.2, 0.2 + k / 100] for k in range(n)]
+
+    records = [make_record(i, 50, 40, boxes(n), list(range(n)))[0]
+               for i, n in (("m6", 6), ("ok", 4), ("m5", 5))]
+    config = InputConfig(write(tmp_path / "m.tfrecord", records), is_training=False,
+                         global_batch_size=3, **SMALL)
+    DROPPED_BOXES.reset()
+    with caplog.at_level("WARNING", logger="tfrecords.input_pipeline"):
+        out = preprocess_example(tf.constant(records[0]), config)  # eagerly
+    assert out["num_boxes"].numpy() == 4
+    assert DROPPED_BOXES.images == {"m6": (6, 2)}
+    assert "image m6 has 6 boxes, more than max_boxes=4" in caplog.text
+    assert "--max_boxes=6" in caplog.text
+
+    DROPPED_BOXES.reset()
+    for _ in range(2):  # two passes: each read counts, each image is named once
+        batch = next(iter(build_dataset(config)))
+        assert batch["num_boxes"].numpy().tolist() == [4, 4, 4]
+    assert DROPPED_BOXES.images == {"m6": (6, 2), "m5": (5, 1)}
+    assert (DROPPED_BOXES.times, DROPPED_BOXES.boxes) == (4, 6)  # 2 x (2 + 1)
+    assert DROPPED_BOXES.summary() == (
+        "boxes past max_boxes: 2 images lost boxes, 6 boxes in 4 reads: m6 (2 of 6), "
+        "m5 (1 of 5); pass --max_boxes=6 to keep them all")
+    DROPPED_BOXES.reset()
+    assert DROPPED_BOXES.summary().endswith("none, every ground-truth box was trained")
+
+
 def test_flip_maps_boxes_and_pixels():
     evaluated = preprocess_example(tf.constant(RECORD), InputConfig("u", is_training=False,
                                                                     **SMALL))
