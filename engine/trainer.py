@@ -329,11 +329,12 @@ class Trainer:
             if v.name in state:
                 v.assign(state[v.name])
                 carried += 1
-        log.info("resumed from %s at step %d with freeze_backbone %s -> %s, backbone "
-                 "BatchNorm frozen %s -> %s: %d variables trained before, %d now; optimizer "
-                 "state carried over for %d of its %d variables, the rest starts fresh", latest,
-                 int(self.step.numpy()), before.freeze_backbone, now.freeze_backbone,
-                 before.freeze_backbone_bn, now.freeze_backbone_bn, len(trained_before),
+        changes = ", ".join(f"{f} {getattr(before, f)} -> {getattr(now, f)}"
+                            for f in ("freeze_backbone", "freeze_backbone_bn")
+                            if getattr(before, f) != getattr(now, f))
+        log.info("resumed from %s at step %d with %s: %d variables trained before, %d now; "
+                 "optimizer state carried over for %d of its %d variables, the others start "
+                 "fresh", latest, int(self.step.numpy()), changes, len(trained_before),
                  len(self.model.trainable_variables), carried, len(self.optimizer.variables))
         return True
 
