@@ -179,7 +179,9 @@ class InitReport:
             top = layer.split("/")[0] if "/" in layer else "backbone"
             groups[top] = groups.get(top, 0) + 1
         copied = ", ".join(f"{g} ({n} layers)" for g, n in groups.items()) or "nothing"
-        fresh = "; ".join(f"{layer} ({why})" for layer, why in self.fresh) or "nothing"
+        fresh = "; ".join(f"{layer} ({why})" for layer, why in self.fresh[:10]) or "nothing"
+        if len(self.fresh) > 10:
+            fresh += f"; and {len(self.fresh) - 10} more layers"
         return f"copied {copied}; started fresh: {fresh}"
 
 
@@ -232,8 +234,10 @@ def resolve_checkpoint(model_dir: str, which: str | None = None) -> str:
         raise FileNotFoundError(f"checkpoint {which!r}: expected latest, best, ckpt-N or a "
                                 "checkpoint path prefix")
     if path is None:
-        have = sorted(os.path.basename(p)[:-len(".index")]
-                      for p in tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index")))
+        names = [os.path.basename(p) for p in
+                 tf.io.gfile.glob(os.path.join(ckpt_dir, "ckpt-*.index"))]
+        have = [f"ckpt-{n}" for n in sorted(
+            int(m[1]) for m in (re.fullmatch(r"ckpt-(\d+)\.index", n) for n in names) if m)]
         best = tf.train.latest_checkpoint(os.path.join(ckpt_dir, BEST))
         raise FileNotFoundError(
             f"no checkpoint {which or 'latest'} in {ckpt_dir}; there are: "

@@ -203,28 +203,43 @@ def _from_file(spec: BackboneSpec, name: str, input_shape, path: str) -> keras.M
     except (ValueError, OSError, KeyError) as e:
         first = e
     if not path.endswith(".weights.h5"):
-        net = spec.build(include_top=False, weights=None, input_shape=input_shape)
         try:
-            missing = [layer.name for layer in net.layers
-                       if layer.weights and layer.name not in _legacy_h5_layer_names(path)]
-            if not missing:
-                net.load_weights(path, by_name=True)
-                return net
-            first = ValueError(f"{len(missing)} layers with weights are not in the file, "
-                               f"e.g. {', '.join(missing[:3])}")
+            return _legacy_by_name(spec, input_shape, path)
         except (ValueError, OSError, KeyError) as e:
             first = e
     raise BackboneWeightsError(
-        f"{path}: not {name}'s weights in Keras applications' format "
-        f"(keras.applications.{spec.build.__name__}(weights=PATH) cannot read it either): "
+        f"{path}: not {name}'s weights in Keras applications' format: "
         f"{' '.join(str(first).split())[:300]}") from None
 
 
+def _legacy_by_name(spec: BackboneSpec, input_shape, path: str) -> keras.Model:
+    """A legacy .h5 file with the classifier on top, read by layer name: only once every
+    layer of the backbone is in the file (a missing one would keep its random start) and the
+    file holds no layer beyond those of the model with its classifier (a deeper network of the
+    same family, such as ResNet101's file for ResNet50, has every ResNet50 layer name too)."""
+    in_file = _legacy_h5_layer_names(path)
+    net = spec.build(include_top=False, weights=None, input_shape=input_shape)
+    missing = [layer.name for layer in net.layers if layer.weights and layer.name not in in_file]
+    if missing:
+        raise ValueError(f"{len(missing)} layers with weights are not in the file, e.g. "
+                         f"{', '.join(missing[:3])}")
+    with_top = {layer.name for layer in spec.build(include_top=True, weights=None).layers
+                if layer.weights}
+    extra = sorted(in_file - with_top)
+    if extra:
+        raise ValueError(f"the file holds {len(extra)} layers this network does not have, e.g. "
+                         f"{', '.join(extra[:3])}")
+    net.load_weights(path, by_name=True)
+    return net
+
+
 def _legacy_h5_layer_names(path: str) -> set[str]:
-    """Names of the layers a legacy Keras .h5 weights file (or whole-model file) holds."""
+    """Names of the layers with weights that a legacy Keras .h5 weights file (or whole-model
+    file) holds."""
     with h5py.File(path, "r") as f:
         group = f["model_weights"] if "model_weights" in f else f
         names = group.attrs.get("layer_names")
         if names is None:
             raise ValueError("no layer_names attribute: not a Keras .h5 weights file")
-        return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        return {n for n in names if len(group[n].attrs.get("weight_names", [])) > 0}

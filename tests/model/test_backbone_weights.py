@@ -72,6 +72,19 @@ def test_another_models_weights_are_refused(tmp_path):
         build_backbone("resnet50", (64, 64, 3), str(tmp_path / "dense.h5"))
 
 
+def test_a_deeper_networks_legacy_file_is_refused(tmp_path):
+    # ResNet101's .h5 file has every layer name of ResNet50 (and 17 more conv4 blocks): read
+    # by name it would load without a complaint, a truncated ResNet101.
+    deeper = keras.applications.ResNet101(weights=None, include_top=False,
+                                          input_shape=(64, 64, 3))
+    with h5py.File(tmp_path / "resnet101.h5", "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, deeper)
+    with pytest.raises(BackboneWeightsError, match=r"resnet101.h5: not resnet50's weights.*"
+                                                   r"layers this network does not have, e\.g\. "
+                                                   r"conv4_block10_1_bn"):
+        build_backbone("resnet50", (64, 64, 3), str(tmp_path / "resnet101.h5"))
+
+
 def test_a_missing_file_and_a_wrong_suffix(tmp_path):
     with pytest.raises(BackboneWeightsError, match="nowhere.h5: no such file"):
         build_backbone("resnet50", (64, 64, 3), str(tmp_path / "nowhere.h5"))
