@@ -37,8 +37,10 @@ def run(cmd, env=ENV):
 
 
 def test_imagenet_offline_says_how_to_prefetch(records, tmp_path):
-    result = run(train_cmd(str(records), str(tmp_path / "run"), "--backbone=resnet50",
-                           "--backbone_weights=imagenet", "--image_max_side=128"),
+    # r50.flags starts from ImageNet: a user without internet meets exactly this.
+    result = run(train_cmd(str(records), str(tmp_path / "run"),
+                           f"--flagfile={os.path.join(REPO, 'r50.flags')}",
+                           "--image_max_side=128"),
                  env=offline(tmp_path))
     line = assert_refused(result, "--backbone_weights=imagenet: cannot download resnet50's "
                                   "ImageNet weights", with_fix=True)
