@@ -28,12 +28,21 @@ from absl import app, flags
 from boxes.anchors import AnchorConfig
 from boxes.assign import LabelerConfig
 from engine import cli
-from engine.evaluation import training_callback
-from engine.export import export_saved_model
-from engine.run_dir import CheckpointMismatchError, load_model, read_json, save_config
+from engine.evaluation import LevelResult, training_callback
+from engine.export import export_run, export_saved_model
+from engine.run_dir import (
+    BEST,
+    CheckpointMismatchError,
+    build_model,
+    init_from_run,
+    is_run_dir,
+    latest_checkpoint,
+    read_json,
+    save_config,
+)
 from engine.strategy import make_strategy, wait_for_all_workers
 from engine.trainer import TrainConfig, Trainer, TrainingStoppedError
-from model.backbones import BACKBONES
+from model.backbones import BACKBONES, IMAGENET, BackboneWeightsError
 from model.config import LossConfig, ModelConfig
 from oid import progress
 from tfrecords.input_pipeline import DROPPED_BOXES, InputConfig, build_dataset, list_files
@@ -76,7 +85,15 @@ flags.DEFINE_integer("seed", None, "Seed of the initial weights, the input order
                      "augmentation (None: a random start).")
 # Model.
 flags.DEFINE_string("backbone", _MODEL["backbone"], "Backbone (see model/backbones.py).")
-flags.DEFINE_string("backbone_weights", None, "Local weights file for the backbone.")
+flags.DEFINE_string("backbone_weights", None,
+                    "The backbone's starting weights: 'imagenet' (Keras applications' weights, "
+                    "downloaded once into Keras' cache, KERAS_HOME/models or ~/.keras/models; "
+                    "offline, pre-fetch them with tools/fetch_weights.py), a Keras "
+                    "applications weights file (.h5 or .weights.h5), or a previous train.py "
+                    "run's MODEL_DIR (its backbone from its last checkpoint). Empty: random.")
+flags.DEFINE_bool("freeze_backbone_bn", None,
+                  "Run the backbone's BatchNorm in inference mode with its statistics fixed "
+                  "(default: whenever --backbone_weights is given, as the original system did).")
 flags.DEFINE_integer("fpn_channels", _MODEL["fpn_channels"], "FPN channels.")
 flags.DEFINE_integer("head_convs", _MODEL["head_convs"], "Convolutions in each head.")
 flags.DEFINE_integer("head_channels", _MODEL["head_channels"],
@@ -97,8 +114,9 @@ flags.DEFINE_list("box_variances", _numbers(_ANCHORS.variances),
                   "Box coder variances vy,vx,vh,vw (targets and decoding both use them).")
 flags.DEFINE_bool("freeze_backbone", _MODEL["freeze_backbone"], "Train only the FPN and heads.")
 flags.DEFINE_string("init_checkpoint", None,
-                    "MODEL_DIR of a previous run (e.g. level 1) to start from; layers whose "
-                    "shapes differ (the class head's output) start fresh.")
+                    "MODEL_DIR of a previous run (e.g. level 1) to start from: every weight "
+                    "whose name and shape match is copied, except the class head's output "
+                    "layer when the label sets (MIDs in order) differ; the log lists both.")
 # Loss.
 flags.DEFINE_float("focal_alpha", _LOSS.alpha, "Focal loss alpha.")
 flags.DEFINE_float("focal_gamma", _LOSS.gamma, "Focal loss gamma.")
@@ -138,6 +156,9 @@ flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_
                   "else (one CPU) the default strategy.")
 flags.DEFINE_integer("checkpoint_every_steps", _TRAIN.checkpoint_every_steps,
                      "Checkpoint interval (and every epoch end).")
+flags.DEFINE_integer("keep_checkpoints", _TRAIN.keep_checkpoints,
+                     "Newest checkpoints kept in MODEL_DIR/checkpoints (with --eval_every_epochs "
+                     "the best by validation mAP is also kept, in checkpoints/best/).")
 flags.DEFINE_integer("log_every_steps", _TRAIN.log_every_steps, "Log and TensorBoard interval.")
 flags.DEFINE_enum("progress", "auto", progress.MODES,
                   progress.FLAG_HELP + " log: a line every --log_every_steps.")
@@ -159,7 +180,7 @@ for _name, _low in (("level", 0), ("image_min_side", 1), ("image_max_side", 1), 
                     ("head_channels", 1), ("global_batch_size", 1), ("epochs", 1),
                     ("steps_per_epoch", 1), ("weight_decay", 0), ("clipnorm", 0),
                     ("plateau_patience", 1), ("min_learning_rate", 0), ("warmup_steps", 0),
-                    ("checkpoint_every_steps", 1), ("log_every_steps", 1),
+                    ("checkpoint_every_steps", 1), ("log_every_steps", 1), ("keep_checkpoints", 1),
                     ("eval_every_epochs", 0), ("focal_gamma", 0), ("box_loss_weight", 0)):
     cli.bound(_name, low=_low)
 for _name in ("learning_rate", "backbone_width", "box_delta"):
@@ -215,6 +236,16 @@ def check_paths() -> None:
               f"--model_dir={FLAGS.model_dir}: exists and is not a directory")
     cli.check(FLAGS.backbone in BACKBONES,
               f"--backbone={FLAGS.backbone}: not one of {', '.join(sorted(BACKBONES))}")
+    weights = FLAGS.backbone_weights
+    if weights and weights != IMAGENET:
+        cli.check(is_run_dir(weights) or (tf.io.gfile.exists(weights)
+                                          and not tf.io.gfile.isdir(weights)),
+                  f"--backbone_weights={weights}: no such file or train.py run directory "
+                  "(expected 'imagenet', a .h5 / .weights.h5 file or a run's MODEL_DIR)")
+    if weights and FLAGS.backbone in BACKBONES and BACKBONES[FLAGS.backbone].build is None:
+        cli.check(weights != IMAGENET and is_run_dir(weights),
+                  f"--backbone_weights={weights}: the small backbone has no ImageNet weights "
+                  "or weight files; pass a previous run's MODEL_DIR or nothing")
     if FLAGS.init_checkpoint:
         cli.check(tf.io.gfile.exists(os.path.join(FLAGS.init_checkpoint, "config.json")),
                   f"--init_checkpoint={FLAGS.init_checkpoint}: not a train.py run directory "
@@ -284,7 +315,8 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
         strict_records=FLAGS.strict_records, max_corrupt_fraction=FLAGS.max_corrupt_fraction,
         seed=FLAGS.seed)
     model = ModelConfig(
-        num_classes=len(labels), backbone=FLAGS.backbone, backbone_weights=FLAGS.backbone_weights,
+        num_classes=len(labels), backbone=FLAGS.backbone,
+        backbone_weights=FLAGS.backbone_weights or None, freeze_backbone_bn=FLAGS.freeze_backbone_bn,
         image_size=input_config.output_size, fpn_channels=FLAGS.fpn_channels,
         head_convs=FLAGS.head_convs, head_channels=FLAGS.head_channels, head_norm=FLAGS.head_norm,
         backbone_norm=FLAGS.backbone_norm, bn_momentum=FLAGS.bn_momentum, anchors=anchors,
@@ -299,6 +331,7 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
         plateau_patience=FLAGS.plateau_patience, min_learning_rate=FLAGS.min_learning_rate,
         warmup_steps=FLAGS.warmup_steps, mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
+        keep_checkpoints=FLAGS.keep_checkpoints,
         log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline)
     labeler = LabelerConfig(positive_iou=FLAGS.positive_iou, negative_iou=FLAGS.negative_iou)
     return RunConfig(level, labels, input_config, model, loss, train, labeler)
@@ -306,11 +339,20 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
 
 def start_trainer(run: RunConfig, strategy: tf.distribute.Strategy) -> Trainer:
     """Model and optimizer in the strategy's scope, resumed from MODEL_DIR's last checkpoint
-    (or started from --init_checkpoint); config.json written once the checkpoint fits."""
+    (or started from --init_checkpoint); config.json written once the checkpoint fits. The
+    backbone's starting weights are read only when nothing overwrites them."""
     if FLAGS.seed is not None:
         keras.utils.set_random_seed(FLAGS.seed)  # the initial weights
+    fresh = latest_checkpoint(FLAGS.model_dir) is None and not FLAGS.init_checkpoint
+
+    def build(config: ModelConfig) -> keras.Model:
+        return build_model(config, load_backbone_weights=fresh)
+
     try:
-        trainer = Trainer(strategy, run.model, run.loss, run.train, FLAGS.model_dir, run.labeler)
+        trainer = Trainer(strategy, run.model, run.loss, run.train, FLAGS.model_dir, run.labeler,
+                          build_model=build)
+    except BackboneWeightsError as e:
+        cli.refuse(f"--backbone_weights={FLAGS.backbone_weights}: {e}")
     except ValueError as e:  # a combination of flags the model cannot run
         cli.refuse(str(e))
     try:  # a resumed run must be the same model; checked before config.json is replaced
@@ -322,22 +364,24 @@ def start_trainer(run: RunConfig, strategy: tf.distribute.Strategy) -> Trainer:
                     train=run.train, input=run.input, labeler=run.labeler, level=FLAGS.level,
                     labels=run.labels)
     if FLAGS.init_checkpoint and resumed_step == 0:
-        previous, _ = load_model(FLAGS.init_checkpoint)
-        copied = copy_matching_weights(previous, trainer.model)
-        logging.info("initialized %d weight tensors from %s", copied, FLAGS.init_checkpoint)
+        report = init_from_run(trainer.model, run.labels, FLAGS.init_checkpoint)
+        logging.info("started from %s (%s label set): %s", FLAGS.init_checkpoint,
+                     "the same" if report.same_labels else "another", report.summary())
     return trainer
 
 
-def copy_matching_weights(source: keras.Model, target: keras.Model) -> int:
-    """Copies weights between models layer by layer where names and shapes agree."""
-    src = {w.path: w for w in source.weights}
-    copied = 0
-    for w in target.weights:
-        other = src.get(w.path)
-        if other is not None and tuple(other.shape) == tuple(w.shape):
-            w.assign(other.numpy())
-            copied += 1
-    return copied
+def keep_best(trainer: Trainer, evaluate: Callable[[int, dict], LevelResult | None]
+              ) -> Callable[[int, dict], None]:
+    """An on_epoch_end that evaluates and keeps the best checkpoint by validation mAP."""
+
+    def on_epoch_end(epoch: int, losses: dict) -> None:
+        result = evaluate(epoch, losses)
+        if result is not None and result.level_map is not None and \
+                trainer.save_best(result.level_map, epoch):
+            logging.info("epoch %d: best validation mAP so far (%.4f), kept in %s", epoch,
+                         result.level_map, trainer.best_manager.latest_checkpoint)
+
+    return on_epoch_end
 
 
 def step_progress(run: RunConfig, start: int, global_batch_size: int
@@ -381,10 +425,10 @@ def main(argv):
     trainer = start_trainer(run, strategy)
     on_epoch_end = None
     if FLAGS.eval_every_epochs:
-        on_epoch_end = training_callback(
+        on_epoch_end = keep_best(trainer, training_callback(
             trainer, run.level.dir, FLAGS.eval_data_dir, run.labels, FLAGS.level,
             FLAGS.image_min_side, FLAGS.image_max_side, FLAGS.eval_every_epochs,
-            FLAGS.global_batch_size)
+            FLAGS.global_batch_size))
 
     # -- train ---------------------------------------------------------------------------
     label_fn = trainer.pipeline_label_fn()
@@ -407,6 +451,10 @@ def main(argv):
         path = export_saved_model(trainer.model, run.model, run.labels, run.input,
                                   os.path.join(FLAGS.model_dir, "export"), level=FLAGS.level)
         logging.info("exported the inference model to %s", path)
+        if trainer.best() is not None:
+            path = export_run(FLAGS.model_dir, BEST, os.path.join(FLAGS.model_dir, "export_best"))
+            logging.info("exported the best checkpoint (%s, validation mAP %.4f) to %s",
+                         trainer.best()["checkpoint"], trainer.best()["mAP"], path)
     wait_for_all_workers(strategy)  # the others wait for the chief's export before exiting
     logging.info("finished; the run is in %s", FLAGS.model_dir)
 

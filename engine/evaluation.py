@@ -197,17 +197,18 @@ def format_result(result: LevelResult, classes: ClassTable, top: int = 20) -> st
 def make_epoch_callback(evaluation: LevelEvaluation, inference: Inference, source: Source,
                         global_batch_size: int, every_epochs: int, step: tf.Variable,
                         output_dir: str | None = None, is_chief: bool = True,
-                        ) -> Callable[[int, dict], None]:
+                        ) -> Callable[[int, dict], LevelResult | None]:
     """An on_epoch_end hook for engine.trainer.Trainer.fit: every `every_epochs` epochs it
     evaluates the live model (the detector of `inference` shares the trainer's weights),
     logs the mAP, writes it to TensorBoard as eval/mAP at the training `step` (the trainer's
     writer is the default one during fit) and, on the chief,
-    OUTPUT_DIR/epoch-{N}/metrics.json and per_class.csv."""
+    OUTPUT_DIR/epoch-{N}/metrics.json and per_class.csv. It returns the LevelResult (None in
+    an epoch without evaluation)."""
 
-    def on_epoch_end(epoch: int, losses: dict) -> None:
+    def on_epoch_end(epoch: int, losses: dict) -> LevelResult | None:
         del losses
         if every_epochs <= 0 or epoch % every_epochs:
-            return
+            return None
         result = evaluation.evaluate(inference, source, global_batch_size)
         log.info("epoch %d eval: %s", epoch, format_result(result, evaluation.classes, top=5))
         at = int(step.numpy())
@@ -217,6 +218,7 @@ def make_epoch_callback(evaluation: LevelEvaluation, inference: Inference, sourc
         if output_dir and is_chief:
             write_results(result, os.path.join(output_dir, f"epoch-{epoch}"), evaluation.classes,
                           epoch=epoch)
+        return result
 
     return on_epoch_end
 
@@ -225,7 +227,7 @@ def training_callback(trainer, level_dir: str, data_dir: str, labels: Sequence[d
                       image_min_side: int, image_max_side: int, every_epochs: int,
                       global_batch_size: int,
                       post: PostprocessConfig = PostprocessConfig(),
-                      ) -> Callable[[int, dict], None]:
+                      ) -> Callable[[int, dict], LevelResult | None]:
     """make_epoch_callback for an engine.trainer.Trainer: its live model on LEVEL_DIR's val
     records and ground truth, the class table and hierarchy of DATA_DIR (oid.layout), results
     under MODEL_DIR/eval/epoch-{N}/. Reads the ground truth now, so a missing file fails

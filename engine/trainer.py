@@ -5,12 +5,16 @@ Keras 3's Model.fit does not run under MultiWorkerMirroredStrategy
 does, and also runs under MirroredStrategy, OneDeviceStrategy and the default
 strategy. Checkpoints hold the model, the optimizer, the step and the
 learning-rate controller, so a killed run restarted with the same command
-resumes where its last checkpoint left off.
+resumes where its last checkpoint left off; a run resumed with the backbone
+frozen or unfrozen (staged training) keeps every weight and the optimizer state
+of the variables that trained before. With evaluation during training the best
+checkpoint by validation mAP is kept apart from the rotation (save_best).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -24,11 +28,21 @@ import tensorflow as tf
 
 from boxes.anchors import generate_anchors
 from boxes.assign import LabelerConfig, add_image_targets, add_targets
-from engine.run_dir import CHECKPOINTS, CheckpointMismatchError, checkpoint_weights
+from engine.run_dir import (
+    BEST,
+    BEST_JSON,
+    CHECKPOINTS,
+    CONFIG,
+    CheckpointMismatchError,
+    checkpoint_weights,
+    model_config_from_json,
+    read_best,
+    read_json,
+)
 from engine.strategy import is_chief, task_id
 from model.config import LossConfig, ModelConfig
 from model.losses import num_positives, retinanet_loss
-from model.retinanet import build_retinanet
+from model.retinanet import backbone_layer, build_retinanet, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +56,8 @@ class TrainConfig:
         warmup_steps, then cosine decay to min_learning_rate).
       clipnorm: per-tensor gradient norm limit applied to the gradient of the global batch.
       checkpoint_every_steps: also checkpoint at each epoch end.
+      keep_checkpoints: the newest checkpoints kept (the best by validation mAP is kept
+        apart from them).
       jit_compile: compile each replica's forward and backward pass with XLA (anchor
         labeling and the optimizer update, with their dynamic shapes and cross-replica
         sums, stay outside the compiled cluster).
@@ -175,6 +191,10 @@ class Trainer:
             ckpt_dir = tempfile.mkdtemp(prefix=f"ckpt_worker{task_id(strategy)}_")
         self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir,
                                                   max_to_keep=train_config.keep_checkpoints)
+        self.best_manager = tf.train.CheckpointManager(
+            self.checkpoint, os.path.join(model_dir, CHECKPOINTS, BEST) if self.is_chief
+            else tempfile.mkdtemp(prefix=f"best_worker{task_id(strategy)}_"), max_to_keep=1)
+        self._best: dict | None = None  # read from best.json on first use
         self._train_step = None
         self._gradients = tf.function(self._loss_and_gradients, jit_compile=True) \
             if train_config.jit_compile else self._loss_and_gradients
@@ -264,6 +284,9 @@ class Trainer:
             try:
                 self.checkpoint.restore(latest).assert_existing_objects_matched()
             except (AssertionError, ValueError) as e:  # missing variables; other shapes
+                if self._restore_other_trainables(latest):
+                    self._restored = latest
+                    return int(self.step.numpy())
                 raise CheckpointMismatchError(
                     f"{latest} does not fit this model: it was written by a run with another "
                     f"configuration (backbone, normalization, heads, anchors or classes). "
@@ -272,6 +295,72 @@ class Trainer:
             self._restored = latest
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
         return int(self.step.numpy())
+
+    def _restore_other_trainables(self, latest: str) -> bool:
+        """Restores a checkpoint of this run written with another freeze_backbone or
+        freeze_backbone_bn (staged training): every weight, the step, the learning-rate
+        controller, and the optimizer state (iterations, learning rate, moments) of the
+        variables that trained before; the newly trainable ones start with fresh moments.
+        False when the run's config.json says the model differs otherwise."""
+        path = os.path.join(self.model_dir, CONFIG)
+        if not tf.io.gfile.exists(path):
+            return False
+        before = model_config_from_json(read_json(path)["model"])
+        now = model_config_from_json(dataclasses.asdict(self.model_config))
+
+        def architecture(c: ModelConfig) -> ModelConfig:
+            return dataclasses.replace(c, freeze_backbone=False, freeze_backbone_bn=None)
+
+        if architecture(before) != architecture(now) or before == now:
+            return False
+        backbone = backbone_layer(self.model, self.model_config)
+        set_backbone_trainable(backbone, before)
+        trained_before = list(self.model.trainable_variables)
+        set_backbone_trainable(backbone, self.model_config)
+        with self.strategy.scope():
+            previous = make_optimizer(self.config)
+            previous.build(trained_before)
+        tf.train.Checkpoint(weights=checkpoint_weights(self.model), optimizer=previous,
+                            step=self.step, plateau=self.plateau
+                            ).restore(latest).expect_partial().assert_existing_objects_matched()
+        state = {v.name: v for v in previous.variables}
+        carried = 0
+        for v in self.optimizer.variables:
+            if v.name in state:
+                v.assign(state[v.name])
+                carried += 1
+        changes = ", ".join(f"{f} {getattr(before, f)} -> {getattr(now, f)}"
+                            for f in ("freeze_backbone", "freeze_backbone_bn")
+                            if getattr(before, f) != getattr(now, f))
+        log.info("resumed from %s at step %d with %s: %d variables trained before, %d now; "
+                 "optimizer state carried over for %d of its %d variables, the others start "
+                 "fresh", latest, int(self.step.numpy()), changes, len(trained_before),
+                 len(self.model.trainable_variables), carried, len(self.optimizer.variables))
+        return True
+
+    def best(self) -> dict | None:
+        """{step, epoch, mAP, checkpoint} of the best checkpoint so far, or None."""
+        if self._best is None:
+            self._best = read_best(self.model_dir)
+        return self._best
+
+    def save_best(self, metric: float, epoch: int) -> bool:
+        """Keeps the current weights as the best checkpoint (MODEL_DIR/checkpoints/best/,
+        apart from the rotation, replacing the previous best) if `metric` (validation mAP)
+        beats the best so far; returns whether it did. Call it on every worker alike."""
+        best = self.best()
+        if best is not None and metric <= best["mAP"]:
+            return False
+        path = self.best_manager.save(checkpoint_number=int(self.step.numpy()))
+        self._best = {"step": int(self.step.numpy()), "epoch": epoch, "mAP": float(metric),
+                      "checkpoint": os.path.basename(path)}
+        if self.is_chief:
+            with tf.io.gfile.GFile(os.path.join(self.best_manager.directory, BEST_JSON),
+                                   "w") as f:
+                json.dump(self._best, f, indent=1)
+        else:
+            tf.io.gfile.rmtree(self.best_manager.directory)
+        return True
 
     def save(self) -> str:
         """Checkpoints the step on every worker; returns the path (on a non-chief worker,

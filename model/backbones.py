@@ -1,16 +1,22 @@
 """Backbone registry: keras.applications families with their C3-C5 taps named once.
 
 Each entry builds a keras.Model from a float32 image in [0, 255] (RGB) to
-three feature maps at strides 8, 16 and 32 (C3, C4, C5). Weights are random
-(`weights=None`) unless a local file with ImageNet weights is given: nothing
-is downloaded. Each family's own input preprocessing is part of the model.
+three feature maps at strides 8, 16 and 32 (C3, C4, C5). Each family's own input
+preprocessing is part of the model. Starting weights (`build_backbone(weights=...)`):
+None (random), "imagenet" (Keras applications' ImageNet weights, which Keras downloads once
+into its cache, KERAS_HOME/models or ~/.keras/models) or a local file in Keras applications'
+format (`.weights.h5` or legacy `.h5`, with or without the classifier on top). A previous
+run's backbone is copied by engine/run_dir.py, which knows run directories.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from collections.abc import Callable
 
+import h5py
 import keras
 from keras import layers, ops
 
@@ -67,6 +73,17 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET = "imagenet"
+WEIGHT_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
+
+
+class BackboneWeightsError(ValueError):
+    """The backbone's starting weights cannot be had: no download, a bad or foreign file."""
+
+
+def keras_cache_dir() -> str:
+    """Where Keras keeps what it downloads (the ImageNet weights go to its models/)."""
+    return os.path.expanduser(os.environ.get("KERAS_HOME") or os.path.join("~", ".keras"))
 
 
 def _preprocess(x, kind: str):
@@ -115,9 +132,14 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     """The backbone `name` as a model: [B, H, W, 3] float in [0, 255] -> [C3, C4, C5].
 
     Args:
-      weights: a local weights file for the keras.applications model (e.g. ImageNet), or None.
+      weights: None (random), "imagenet" or a local Keras applications weights file (see the
+        module docstring).
       norm, bn_momentum, width: the small backbone's normalization and channel multiplier
         (see _small_backbone); the keras.applications backbones keep their own.
+
+    Raises:
+      BackboneWeightsError: the ImageNet weights cannot be downloaded (offline) or the file is
+        missing or holds no weights of this backbone; the message names the file and the fix.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -125,11 +147,99 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     inputs = keras.Input(input_shape, name="image")
     if spec.build is None:
         if weights:
-            raise ValueError("the small backbone has no pretrained weights")
+            raise BackboneWeightsError(
+                f"the small backbone has neither ImageNet weights nor weight files; start it "
+                f"from a previous run's directory instead (got {weights!r})")
         return keras.Model(inputs, _small_backbone(inputs, norm, bn_momentum, width),
                            name=f"backbone_{name}")
-    net = spec.build(include_top=False, weights=weights, input_shape=input_shape)
+    if not weights:
+        net = spec.build(include_top=False, weights=None, input_shape=input_shape)
+    elif weights == IMAGENET:
+        net = _imagenet(spec, name, input_shape)
+    else:
+        net = _from_file(spec, name, input_shape, weights)
     features = keras.Model(net.inputs, [net.get_layer(t).output for t in spec.taps],
                            name=f"{name}_features")
     return keras.Model(inputs, features(_preprocess(inputs, spec.preprocess)),
                        name=f"backbone_{name}")
+
+
+def _imagenet(spec: BackboneSpec, name: str, input_shape) -> keras.Model:
+    """keras.applications' ImageNet weights: from Keras' cache, else downloaded into it."""
+    try:
+        return spec.build(include_top=False, weights=IMAGENET, input_shape=input_shape)
+    except Exception as e:  # keras.utils.get_file raises a plain Exception for a URL failure
+        url = re.search(r"URL fetch failure on (\S+): ", str(e))
+        if url is None:
+            raise
+        file = url.group(1).rsplit("/", 1)[-1]
+        cache = os.path.join(keras_cache_dir(), "models")
+        raise BackboneWeightsError(
+            f"cannot download {name}'s ImageNet weights ({e}); offline, pre-fetch them on a "
+            f"machine with internet (python tools/fetch_weights.py --backbone {name}) and copy "
+            f"{file} into {cache} (Keras' cache: $KERAS_HOME/models, default ~/.keras/models), "
+            f"or pass the file's path as --backbone_weights") from None
+
+
+def _from_file(spec: BackboneSpec, name: str, input_shape, path: str) -> keras.Model:
+    """keras.applications' model with include_top=False and the weights of PATH.
+
+    Keras reads a `.weights.h5` file by layer name, so one saved with the classifier on top
+    loads too; a legacy `.h5` file is read layer by layer in order, which fails for a file
+    with the classifier, so such a file is read by layer name instead, once every layer of
+    the backbone is known to be in it (a layer missing from the file would silently keep its
+    random start).
+    """
+    if not os.path.isfile(path):
+        raise BackboneWeightsError(
+            f"{path}: no such file (expected 'imagenet', a Keras applications weights file "
+            f"({' or '.join(WEIGHT_FILE_SUFFIXES[:2])}) or a train.py run directory)")
+    if not path.endswith(WEIGHT_FILE_SUFFIXES):
+        raise BackboneWeightsError(
+            f"{path}: not a Keras applications weights file (its name must end in "
+            f"{', '.join(WEIGHT_FILE_SUFFIXES)})")
+    try:
+        return spec.build(include_top=False, weights=path, input_shape=input_shape)
+    except (ValueError, OSError, KeyError) as e:
+        first = e
+    if not path.endswith(".weights.h5"):
+        try:
+            return _legacy_by_name(spec, input_shape, path)
+        except (ValueError, OSError, KeyError) as e:
+            first = e
+    raise BackboneWeightsError(
+        f"{path}: not {name}'s weights in Keras applications' format: "
+        f"{' '.join(str(first).split())[:300]}") from None
+
+
+def _legacy_by_name(spec: BackboneSpec, input_shape, path: str) -> keras.Model:
+    """A legacy .h5 file with the classifier on top, read by layer name: only once every
+    layer of the backbone is in the file (a missing one would keep its random start) and the
+    file holds no layer beyond those of the model with its classifier (a deeper network of the
+    same family, such as ResNet101's file for ResNet50, has every ResNet50 layer name too)."""
+    in_file = _legacy_h5_layer_names(path)
+    net = spec.build(include_top=False, weights=None, input_shape=input_shape)
+    missing = [layer.name for layer in net.layers if layer.weights and layer.name not in in_file]
+    if missing:
+        raise ValueError(f"{len(missing)} layers with weights are not in the file, e.g. "
+                         f"{', '.join(missing[:3])}")
+    with_top = {layer.name for layer in spec.build(include_top=True, weights=None).layers
+                if layer.weights}
+    extra = sorted(in_file - with_top)
+    if extra:
+        raise ValueError(f"the file holds {len(extra)} layers this network does not have, e.g. "
+                         f"{', '.join(extra[:3])}")
+    net.load_weights(path, by_name=True)
+    return net
+
+
+def _legacy_h5_layer_names(path: str) -> set[str]:
+    """Names of the layers with weights that a legacy Keras .h5 weights file (or whole-model
+    file) holds."""
+    with h5py.File(path, "r") as f:
+        group = f["model_weights"] if "model_weights" in f else f
+        names = group.attrs.get("layer_names")
+        if names is None:
+            raise ValueError("no layer_names attribute: not a Keras .h5 weights file")
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        return {n for n in names if len(group[n].attrs.get("weight_names", [])) > 0}

@@ -12,7 +12,8 @@ class ModelConfig:
     """Attributes:
       num_classes: the level's classes.
       backbone: a key of model.backbones.BACKBONES.
-      backbone_weights: local weights file for the backbone (e.g. ImageNet), or None.
+      backbone_weights: None (random), "imagenet", a Keras applications weights file (.h5 or
+        .weights.h5) or a train.py run directory (engine.run_dir.build_model copies its backbone).
       image_size: side of the square input canvas, pixels (multiple of 128).
       head_norm: "group", "batch" or "none" in the heads.
       backbone_norm: "group" or "batch" in the small backbone (the keras.applications

@@ -23,13 +23,7 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
         keras.ops.cast(image, "float32"))
     backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights,
                               config.backbone_norm, config.bn_momentum, config.backbone_width)
-    if config.freeze_backbone:
-        backbone.trainable = False
-    elif config.freeze_backbone_bn or (config.freeze_backbone_bn is None
-                                       and config.backbone_weights):
-        for layer in _all_layers(backbone):
-            if isinstance(layer, layers.BatchNormalization):
-                layer.trainable = False  # Keras 3: also runs it in inference mode
+    set_backbone_trainable(backbone, config)
     features = FeaturePyramid(config.fpn_channels, name="fpn")(backbone(x))
     k = config.anchors.anchors_per_location
     levels = len(config.anchors.levels)
@@ -40,6 +34,32 @@ def build_retinanet(config: ModelConfig) -> keras.Model:
                         bn_momentum=config.bn_momentum, name="box_head")
     outputs = {"cls_logits": cls(features), "box_deltas": box(features)}
     return keras.Model(image, outputs, name="retinanet")
+
+
+def backbone_bn_frozen(config: ModelConfig) -> bool:
+    """Whether the backbone's BatchNorm runs in inference mode with its statistics fixed:
+    config.freeze_backbone_bn, or by default whenever the backbone starts from pretrained
+    weights (ImageNet statistics beat those of a few detection images per replica, as in the
+    original system; a backbone trained from scratch needs its BatchNorm to learn)."""
+    if config.freeze_backbone_bn is not None:
+        return config.freeze_backbone_bn
+    return bool(config.backbone_weights)
+
+
+def backbone_layer(model: keras.Model, config: ModelConfig) -> keras.Model:
+    """The backbone inside a build_retinanet model."""
+    return model.get_layer(f"backbone_{config.backbone}")
+
+
+def set_backbone_trainable(backbone: keras.Model, config: ModelConfig) -> None:
+    """Applies config.freeze_backbone (nothing of the backbone trains) and
+    backbone_bn_frozen(config) (its BatchNorm layers neither train nor update their
+    statistics). Callable again on a built model with another config (staged training)."""
+    backbone.trainable = not config.freeze_backbone  # Keras sets every sublayer alike
+    if not config.freeze_backbone and backbone_bn_frozen(config):
+        for layer in _all_layers(backbone):
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False  # Keras 3: also runs it in inference mode
 
 
 def build_inference_model(model: keras.Model, config: ModelConfig,

@@ -15,7 +15,8 @@ each command runs from the checkout with its paths moved there:
 
 and with these flags appended, so that a training command is short: train.py gets
 `--epochs=1 --steps_per_epoch=1` and, for the full-size flagfiles (r50/r101/r152.flags), a 128 px
-canvas, batch 1 and no export (`SHORT_TRAINING`, `FULL_SIZE_SHORT` below). Nothing else is changed. Commands that need what a
+canvas, batch 1, no export and random backbone weights instead of ImageNet's (no download here;
+`SHORT_TRAINING`, `FULL_SIZE_SHORT` below). Nothing else is changed. Commands that need what a
 test cannot have are listed in SKIP with the reason; a command in no category fails the test,
 so a new page's commands are run or explicitly excused.
 """
@@ -44,8 +45,9 @@ pytestmark = [
 PAGES = [pathlib.Path(REPO) / "README.md", *sorted((pathlib.Path(REPO) / "docs").glob("*.md"))]
 FULL_SIZE = ("r50.flags", "r101.flags", "r152.flags")
 SHORT_TRAINING = ["--epochs=1", "--steps_per_epoch=1"]
+# --backbone_weights= : the flagfiles start from ImageNet, which a test cannot download.
 FULL_SIZE_SHORT = ["--global_batch_size=1", "--image_min_side=128", "--image_max_side=128",
-                   "--noexport"]
+                   "--noexport", "--backbone_weights="]
 # (pattern in the command, why it is not run here)
 SKIP = [
     ("make demo", "the whole demo: the fixture runs tools/demo.py, its script, on fewer images"),
@@ -56,6 +58,7 @@ SKIP = [
     ("--runner=Dataflow", "a cloud runner"),
     ("benchmarks/", "benchmarks are measured by hand (docs/performance.md), not tested"),
     ("challenge-2019-validation", "the official validation files, not in the repository"),
+    ("tools/fetch_weights.py", "downloads ImageNet weights: needs the internet"),
 ]
 STAGES = ["oid.demo_data", "oid.levels", "make_records.py", "train.py", "eval.py",
           "predict.py", "oid.combine", "oid.metric", "make lint"]
@@ -160,6 +163,6 @@ def test_the_adaptation_moves_paths_and_shortens_training(tmp_path):
     assert argv[:3] == [sys.executable, "train.py", "--flagfile=r101.flags"]
     assert argv[argv.index("--records_dir") + 1] == str(tmp_path / "records")
     assert argv[argv.index("--model_dir") + 1] == str(tmp_path / "runs" / "level1")
-    assert argv[-6:] == SHORT_TRAINING + FULL_SIZE_SHORT
+    assert argv[-7:] == SHORT_TRAINING + FULL_SIZE_SHORT
     argv = adapt("python -m oid.demo_data --out DIR [--seed 0] --images 5", tmp_path)
     assert argv[1:] == ["-m", "oid.demo_data", "--out", str(tmp_path / "dir"), "--images", "5"]
