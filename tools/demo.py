@@ -82,6 +82,31 @@ def write_validation_set(data_dir: str, out_dir: str) -> tuple[int, str, str]:
     return len(val_ids), outputs[0], outputs[1]
 
 
+def make_data(out: str, seed: int, images: int, test_split: bool = True) -> dict[str, float]:
+    """The demo's data stages into OUT: the mini dataset (OUT/data), its levels
+    (OUT/levels.json) and the records of every level (OUT/records; the test split's too
+    unless test_split is False). Returns each stage's wall seconds. tools/ablate.py makes its
+    data with this as well."""
+    py = sys.executable
+    data, records = os.path.join(out, "data"), os.path.join(out, "records")
+    stages = {}
+    stages["data"] = run([py, "-m", "oid.demo_data", "--out", data, "--seed", str(seed),
+                          "--images", str(images)])
+    stages["levels"] = run([py, "-m", "oid.levels", "--data_dir", data, "--level_sizes", "6",
+                            "--out", os.path.join(out, "levels.json"),
+                            "--plot", os.path.join(out, "levels.png")])
+    stages["records"] = run([py, "beam_jobs/make_records.py", "--data_dir", data,
+                             "--levels_spec", os.path.join(out, "levels.json"),
+                             "--output_dir", records, "--level", "all",
+                             "--max_side", str(MAX_SIDE), "--val_fraction", str(VAL_FRACTION),
+                             "--log_every", "0"])
+    if test_split:
+        stages["records"] += run([py, "beam_jobs/make_records.py", "--data_dir", data,
+                                  "--output_dir", records, "--split", "test",
+                                  "--max_side", str(MAX_SIDE), "--log_every", "0"])
+    return stages
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -105,19 +130,7 @@ def main(argv=None) -> int:
     total_start = time.perf_counter()
     stages: dict[str, float] = {}
 
-    stages["data"] = run([py, "-m", "oid.demo_data", "--out", data, "--seed", str(args.seed),
-                          "--images", str(args.images)])
-    stages["levels"] = run([py, "-m", "oid.levels", "--data_dir", data, "--level_sizes", "6",
-                            "--out", os.path.join(out, "levels.json"),
-                            "--plot", os.path.join(out, "levels.png")])
-    stages["records"] = run([py, "beam_jobs/make_records.py", "--data_dir", data,
-                             "--levels_spec", os.path.join(out, "levels.json"),
-                             "--output_dir", records, "--level", "all",
-                             "--max_side", str(MAX_SIDE), "--val_fraction", str(VAL_FRACTION),
-                             "--log_every", "0"])
-    stages["records"] += run([py, "beam_jobs/make_records.py", "--data_dir", data,
-                              "--output_dir", records, "--split", "test",
-                              "--max_side", str(MAX_SIDE), "--log_every", "0"])
+    stages.update(make_data(out, args.seed, args.images))
     with open(os.path.join(out, "levels.json")) as f:
         level_ids = [level["index"] for level in json.load(f)["levels"]]
 
