@@ -480,8 +480,8 @@ def main() -> None:
     if keras_hub_version:
         print(f" keras-hub {keras_hub_version}: RetinaNetObjectDetector.fit, compile() "
               "defaults (Adam, Huber + BinaryFocalCrossentropy), no head norm, use_p5=True;")
-    print(f" backbone BatchNorm {args.backbone_bn}, no XLA, random weights, the same "
-          f"{s}x{s} noise images with 2-12 boxes each.")
+    bn = f"backbone BatchNorm {args.backbone_bn}, " if args.model == "resnet50" else ""
+    print(f" {bn}no XLA, random weights, the same {s}x{s} noise images with 2-12 boxes each.")
     for k in classes:
         c = results["classes"][k]
         line = f" {k} classes: forward GFLOPs/img ours {c['ours']['forward_gflops']:.1f}"
