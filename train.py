@@ -26,7 +26,7 @@ import tensorflow as tf
 from absl import app, flags
 
 from boxes.anchors import AnchorConfig
-from boxes.assign import LabelerConfig
+from boxes.assign import ASSIGNERS, LabelerConfig
 from engine import cli
 from engine.evaluation import LevelResult, training_callback
 from engine.export import export_run, export_saved_model
@@ -43,7 +43,7 @@ from engine.run_dir import (
 from engine.strategy import make_strategy, wait_for_all_workers
 from engine.trainer import TrainConfig, Trainer, TrainingStoppedError
 from model.backbones import BACKBONES, IMAGENET, BackboneWeightsError
-from model.config import LossConfig, ModelConfig
+from model.config import BOX_LOSSES, CLS_LOSSES, LossConfig, ModelConfig
 from oid import progress
 from tfrecords.input_pipeline import DROPPED_BOXES, InputConfig, build_dataset, list_files
 from tfrecords.layout import BoxCounts, LevelRecords, RecordsLayout
@@ -106,7 +106,12 @@ flags.DEFINE_float("bn_momentum", _MODEL["bn_momentum"], "Moving-average momentu
                    "and the small backbone's BatchNorm (0.9 for runs of a few hundred steps).")
 flags.DEFINE_float("backbone_width", _MODEL["backbone_width"],
                    "Channel multiplier of the small backbone.")
-flags.DEFINE_list("anchor_sizes", _numbers(_ANCHORS.sizes), "Anchor size per level P3-P7.")
+flags.DEFINE_integer("min_level", _ANCHORS.min_level, "Lowest pyramid level: 3 (P3, stride 8) "
+                     "or 2 (adds P2, stride 4, from the backbone's C2, for small objects; give "
+                     "one more --anchor_sizes entry).")
+flags.DEFINE_integer("max_level", _ANCHORS.max_level, "Highest pyramid level: 5, 6 or 7.")
+flags.DEFINE_list("anchor_sizes", _numbers(_ANCHORS.sizes),
+                  "Anchor size per level, --min_level to --max_level (pixels).")
 flags.DEFINE_list("anchor_ratios", _numbers(_ANCHORS.ratios), "Anchor height/width ratios.")
 flags.DEFINE_list("anchor_scales", _numbers(_ANCHORS.scales),
                   "Anchor scales, multiples of the level's size (RetinaNet: 2^0, 2^1/3, 2^2/3).")
@@ -120,9 +125,13 @@ flags.DEFINE_string("init_checkpoint", None,
 # Loss.
 flags.DEFINE_float("focal_alpha", _LOSS.alpha, "Focal loss alpha.")
 flags.DEFINE_float("focal_gamma", _LOSS.gamma, "Focal loss gamma.")
-flags.DEFINE_enum("box_loss", _LOSS.box_loss, ["smooth_l1", "huber"],
+flags.DEFINE_enum("cls_loss", _LOSS.cls_loss, list(CLS_LOSSES),
+                  "Classification loss: focal (RetinaNet) or quality_focal (GFL: the score of "
+                  "a positive learns the IoU of its predicted box; --focal_gamma is its beta).")
+flags.DEFINE_enum("box_loss", _LOSS.box_loss, list(BOX_LOSSES),
                   "Box regression loss: smooth_l1 = huber / box_delta (about L1 of the encoded "
-                  "targets); huber weighs the boxes box_delta times less against the classes.")
+                  "targets); huber weighs the boxes box_delta times less against the classes; "
+                  "giou / diou: 1 - GIoU / DIoU of the decoded boxes.")
 flags.DEFINE_float("box_delta", _LOSS.box_delta,
                    "Beta of smooth-L1 / delta of Huber (encoded units).")
 flags.DEFINE_float("box_loss_weight", _LOSS.box_weight, "Multiplier of the box loss.")
@@ -130,6 +139,11 @@ flags.DEFINE_float("positive_iou", _LABELER.positive_iou,
                    "Anchors with IoU >= this to a box are its positives.")
 flags.DEFINE_float("negative_iou", _LABELER.negative_iou, "Anchors with best IoU below this are "
                    "background; between this and --positive_iou they are ignored.")
+flags.DEFINE_enum("assigner", _LABELER.assigner, list(ASSIGNERS),
+                  "Anchor assignment: iou (--positive_iou/--negative_iou) or atss (per box an "
+                  "IoU threshold from its nearest anchors; docs/training-recipes.md).")
+flags.DEFINE_integer("atss_top_k", _LABELER.atss_top_k,
+                     "ATSS: candidate anchors per pyramid level and box.")
 # Optimization.
 flags.DEFINE_integer("global_batch_size", _INPUT["global_batch_size"],
                      "Images per step over all replicas.")
@@ -148,6 +162,9 @@ flags.DEFINE_float("min_learning_rate", _TRAIN.min_learning_rate, "Floor of the 
 flags.DEFINE_integer("warmup_steps", _TRAIN.warmup_steps, "Cosine: linear warm-up steps.")
 flags.DEFINE_bool("mixed_precision", _TRAIN.mixed_precision,
                   "float16 compute with loss scaling (GPUs).")
+flags.DEFINE_float("ema_decay", _TRAIN.ema_decay, "Keep a moving average of the weights with "
+                   "this momentum per step (e.g. 0.999); evaluation, prediction and the export "
+                   "use it. 0: off. Fixed for the life of a run.")
 flags.DEFINE_bool("jit_compile", _TRAIN.jit_compile, "Compile each replica's forward and "
                   "backward pass with XLA (not with BatchNorm synchronized over several replicas).")
 flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "one_device",
@@ -181,13 +198,17 @@ for _name, _low in (("level", 0), ("image_min_side", 1), ("image_max_side", 1), 
                     ("steps_per_epoch", 1), ("weight_decay", 0), ("clipnorm", 0),
                     ("plateau_patience", 1), ("min_learning_rate", 0), ("warmup_steps", 0),
                     ("checkpoint_every_steps", 1), ("log_every_steps", 1), ("keep_checkpoints", 1),
-                    ("eval_every_epochs", 0), ("focal_gamma", 0), ("box_loss_weight", 0)):
+                    ("eval_every_epochs", 0), ("focal_gamma", 0), ("box_loss_weight", 0),
+                    ("atss_top_k", 1)):
     cli.bound(_name, low=_low)
 for _name in ("learning_rate", "backbone_width", "box_delta"):
     cli.bound(_name, above=0)
 for _name in ("focal_alpha", "positive_iou", "negative_iou"):
     cli.bound(_name, low=0, high=1)
 cli.bound("bn_momentum", low=0, high=1)
+cli.bound("min_level", low=2, high=3)
+cli.bound("max_level", low=5, high=7)
+flags.register_validator("ema_decay", lambda v: 0 <= v < 1, message="must be >= 0 and < 1")
 cli.bound("plateau_factor", above=0, high=1)
 cli.bound("max_corrupt_fraction", above=0, high=1)
 
@@ -290,12 +311,14 @@ def resolve_max_boxes(level: LevelRecords) -> int:
 def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
     """Flags -> the configuration dataclasses; a bad combination exits with its reason."""
     try:
-        anchors = AnchorConfig(sizes=tuple(float(s) for s in FLAGS.anchor_sizes),
+        anchors = AnchorConfig(min_level=FLAGS.min_level, max_level=FLAGS.max_level,
+                               sizes=tuple(float(s) for s in FLAGS.anchor_sizes),
                                ratios=tuple(float(r) for r in FLAGS.anchor_ratios),
                                scales=tuple(float(s) for s in FLAGS.anchor_scales),
                                variances=tuple(float(v) for v in FLAGS.box_variances))
     except ValueError as e:
-        cli.refuse(f"--anchor_sizes/--anchor_ratios/--anchor_scales/--box_variances: {e}")
+        cli.refuse(f"--min_level/--max_level/--anchor_sizes/--anchor_ratios/--anchor_scales/"
+                   f"--box_variances: {e}")
     cli.check(0.0 < FLAGS.negative_iou <= FLAGS.positive_iou <= 1.0,
               f"need 0 < --negative_iou <= --positive_iou <= 1, got {FLAGS.negative_iou} and "
               f"{FLAGS.positive_iou}")
@@ -322,7 +345,8 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
         backbone_norm=FLAGS.backbone_norm, bn_momentum=FLAGS.bn_momentum, anchors=anchors,
         backbone_width=FLAGS.backbone_width, freeze_backbone=FLAGS.freeze_backbone)
     loss = LossConfig(alpha=FLAGS.focal_alpha, gamma=FLAGS.focal_gamma, box_loss=FLAGS.box_loss,
-                      box_delta=FLAGS.box_delta, box_weight=FLAGS.box_loss_weight)
+                      box_delta=FLAGS.box_delta, box_weight=FLAGS.box_loss_weight,
+                      cls_loss=FLAGS.cls_loss)
     train = TrainConfig(
         epochs=FLAGS.epochs, steps_per_epoch=FLAGS.steps_per_epoch,
         learning_rate=FLAGS.learning_rate, optimizer=FLAGS.optimizer,
@@ -332,8 +356,10 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
         warmup_steps=FLAGS.warmup_steps, mixed_precision=FLAGS.mixed_precision,
         jit_compile=FLAGS.jit_compile, checkpoint_every_steps=FLAGS.checkpoint_every_steps,
         keep_checkpoints=FLAGS.keep_checkpoints,
-        log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline)
-    labeler = LabelerConfig(positive_iou=FLAGS.positive_iou, negative_iou=FLAGS.negative_iou)
+        log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline,
+        ema_decay=FLAGS.ema_decay)
+    labeler = LabelerConfig(positive_iou=FLAGS.positive_iou, negative_iou=FLAGS.negative_iou,
+                            assigner=FLAGS.assigner, atss_top_k=FLAGS.atss_top_k)
     return RunConfig(level, labels, input_config, model, loss, train, labeler)
 
 
@@ -448,8 +474,9 @@ def main(argv):
 
     # -- export --------------------------------------------------------------------------
     if FLAGS.export and trainer.is_chief:
-        path = export_saved_model(trainer.model, run.model, run.labels, run.input,
-                                  os.path.join(FLAGS.model_dir, "export"), level=FLAGS.level)
+        with trainer.averaged_weights() as model:  # with --ema_decay, the moving average
+            path = export_saved_model(model, run.model, run.labels, run.input,
+                                      os.path.join(FLAGS.model_dir, "export"), level=FLAGS.level)
         logging.info("exported the inference model to %s", path)
         if trainer.best() is not None:
             path = export_run(FLAGS.model_dir, BEST, os.path.join(FLAGS.model_dir, "export_best"))

@@ -1,4 +1,5 @@
-"""Training images per second of our RetinaNet train step next to keras-hub's RetinaNet.
+"""Training images per second of our RetinaNet train step with each anchor assigner (IoU
+matching, ATSS) side by side, next to keras-hub's RetinaNet.
 
 Both sides train a ResNet50 RetinaNet from random weights on the same synthetic
 batch (random-noise images; 2 to 12 boxes per image, mean 7, in canvas pixels,
@@ -24,6 +25,14 @@ The backbone's BatchNorm layers are frozen (inference mode, not trained) on both
 sides by default, as our training runs them; --backbone_bn train trains them on
 both (keras-hub's default). Neither side uses XLA: Keras's jit_compile="auto" is off
 on a CPU-only machine, and our step is a plain tf.function.
+
+Assigners: our side runs once per --assigners entry (default iou,atss: boxes/assign.py,
+labeling in the train step as train.py does by default), each in its own process, and the
+table gives each one's images/s and its ratio to iou. --model demo measures demo.flags'
+model instead (small backbone, 64-channel FPN and 2x64 BatchNorm heads, anchors 16-256,
+--image_size 256 --batch_size 4 suit it; keras-hub is then left out), where labeling is a
+larger share of the step. A second table times the labeling alone (label_batch on the same
+boxes, --label_steps calls after one that traces) for each assigner.
 
 Timing: --warmup steps (the first traces the function), then --steps steps, each
 timed from its call to its result (ours: around the train-step call; keras-hub: from
@@ -55,6 +64,7 @@ keras-hub 0.32.0 needs, beyond this venv, only `regex` and `tokenizers` to impor
 
   python benchmarks/bench_train_step.py [--keras_hub_path DIR] [--classes 150,500]
       [--image_size 512] [--batch_size 2] [--warmup 2] [--steps 5] [--repeat 1]
+      [--assigners iou,atss] [--model resnet50|demo] [--label_steps 20]
       [--backbone_bn frozen|train] [--no-flops] [--json out.json]
 """
 
@@ -140,20 +150,61 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_ours(num_classes: int, image_size: int, batch_size: int, warmup: int, steps: int,
-             backbone_bn: str) -> dict:
+def our_model_config(model: str, num_classes: int, image_size: int, backbone_bn: str):
+    """ModelConfig of --model: resnet50 (as keras-hub's, no head norm) or demo (demo.flags)."""
+    from boxes.anchors import AnchorConfig
+    from model.config import ModelConfig
+
+    if model == "demo":
+        return ModelConfig(num_classes=num_classes, backbone="small", image_size=image_size,
+                           fpn_channels=64, head_convs=2, head_channels=64, head_norm="batch",
+                           backbone_norm="batch", bn_momentum=0.9,
+                           anchors=AnchorConfig(sizes=(16, 32, 64, 128, 256)))
+    return ModelConfig(num_classes=num_classes, backbone="resnet50", image_size=image_size,
+                       head_norm="none", freeze_backbone_bn=backbone_bn == "frozen")
+
+
+def run_labels(num_classes: int, image_size: int, batch_size: int, steps: int, model: str,
+               assigner: str) -> dict:
+    """Seconds per label_batch call (the train step's labeling) on the benchmark's boxes."""
     import tensorflow as tf
 
-    from engine.trainer import TrainConfig, Trainer
-    from model.config import LossConfig, ModelConfig
+    from boxes.anchors import generate_anchors
+    from boxes.assign import LabelerConfig, add_targets
 
-    model_config = ModelConfig(num_classes=num_classes, backbone="resnet50",
-                               image_size=image_size, head_norm="none",
-                               freeze_backbone_bn=backbone_bn == "frozen")
+    anchors_config = our_model_config(model, num_classes, image_size, "frozen").anchors
+    anchors = tf.constant(generate_anchors(image_size, image_size, anchors_config))
+    counts = anchors_config.level_counts(image_size, image_size)
+    batch = {k: tf.constant(v) for k, v in
+             synthetic_batch(image_size, batch_size, num_classes).items()}
+    label = tf.function(lambda b: add_targets(b, anchors, LabelerConfig(assigner=assigner),
+                                              anchors_config.variances, counts))
+    label(batch)["cls_targets"].numpy()  # traces
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        out = label(batch)
+        out["cls_targets"].numpy()
+        times.append(time.perf_counter() - t)
+    positives = int((out["cls_targets"].numpy() >= 0).sum())
+    return {"step_s": times, "anchors": int(anchors.shape[0]),
+            "positives_per_image": positives / batch_size}
+
+
+def run_ours(num_classes: int, image_size: int, batch_size: int, warmup: int, steps: int,
+             backbone_bn: str, assigner: str = "iou", model: str = "resnet50") -> dict:
+    import tensorflow as tf
+
+    from boxes.assign import LabelerConfig
+    from engine.trainer import TrainConfig, Trainer
+    from model.config import LossConfig
+
+    model_config = our_model_config(model, num_classes, image_size, backbone_bn)
     batch = synthetic_batch(image_size, batch_size, num_classes)
     with tempfile.TemporaryDirectory() as model_dir:
         trainer = Trainer(tf.distribute.get_strategy(), model_config, LossConfig(),
-                          TrainConfig(optimizer="adam", clipnorm=None), model_dir)
+                          TrainConfig(optimizer="adam", clipnorm=None), model_dir,
+                          LabelerConfig(assigner=assigner))
         train_step = trainer._make_train_step()
         iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
         t0 = time.perf_counter()
@@ -243,9 +294,18 @@ def run_flops(backbone: str, image_max_side: int) -> dict:
 def run_child(args) -> dict:
     if args.child == "flops":
         return run_flops(args.flops_backbone, args.image_size)
-    run = run_ours if args.child == "ours" else run_keras_hub
-    result = run(args.num_classes, args.image_size, args.batch_size, args.warmup, args.steps,
-                 args.backbone_bn)
+    if args.child == "labels":
+        result = run_labels(args.num_classes, args.image_size, args.batch_size,
+                            args.label_steps, args.model, args.assigner)
+        result["images_per_s"] = args.batch_size * len(result["step_s"]) / sum(result["step_s"])
+        result["ms_per_image"] = 1000 / result["images_per_s"]
+        return result
+    if args.child == "ours":
+        result = run_ours(args.num_classes, args.image_size, args.batch_size, args.warmup,
+                          args.steps, args.backbone_bn, args.assigner, args.model)
+    else:
+        result = run_keras_hub(args.num_classes, args.image_size, args.batch_size, args.warmup,
+                               args.steps, args.backbone_bn)
     result["images_per_s"] = args.batch_size * args.steps / sum(result["step_s"])
     result["peak_rss_mb"] = _peak_rss_mb()
     return result
@@ -273,12 +333,13 @@ def find_keras_hub(keras_hub_path: str | None) -> tuple[str | None, str]:
 
 
 def measure(child: str, args, num_classes: int = 0, image_size: int | None = None,
-            flops_backbone: str = "") -> dict:
+            flops_backbone: str = "", assigner: str = "iou") -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", child,
            "--num_classes", str(num_classes), "--image_size", str(image_size or args.image_size),
            "--batch_size", str(args.batch_size), "--warmup", str(args.warmup),
            "--steps", str(args.steps), "--backbone_bn", args.backbone_bn,
-           "--flops_backbone", flops_backbone]
+           "--flops_backbone", flops_backbone, "--assigner", assigner, "--model", args.model,
+           "--label_steps", str(args.label_steps)]
     env = _child_env(args.keras_hub_path if child == "keras_hub" else None)
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -315,13 +376,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each configuration, alternating; the median is reported")
+    parser.add_argument("--assigners", default="iou,atss",
+                        help="anchor assigners of our side, comma-separated; ratios are to "
+                             "the first")
+    parser.add_argument("--model", choices=("resnet50", "demo"), default="resnet50",
+                        help="our model: resnet50 (against keras-hub) or demo (demo.flags' "
+                             "small model; no keras-hub)")
+    parser.add_argument("--label_steps", type=int, default=20,
+                        help="timed calls of the labeling alone per assigner (0: skip)")
     parser.add_argument("--backbone_bn", choices=("frozen", "train"), default="frozen",
                         help="backbone BatchNorm on both sides: frozen (inference mode, as our "
                              "training runs it) or train (keras-hub's default)")
     parser.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
                         help="also print the forward FLOPs of R50/R101/R152")
     parser.add_argument("--json", help="also write the figures to this JSON file")
-    parser.add_argument("--child", choices=("ours", "keras_hub", "flops"), help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=("ours", "keras_hub", "flops", "labels"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--assigner", default="iou", help=argparse.SUPPRESS)
     parser.add_argument("--num_classes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--flops_backbone", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -332,20 +403,35 @@ def main() -> None:
     if args.image_size % 128:
         parser.error(f"--image_size must be a multiple of 128, got {args.image_size}")
     classes = [int(c) for c in args.classes.split(",")]
+    assigners = [a for a in args.assigners.split(",") if a]
+    from boxes.assign import ASSIGNERS
+
+    if not assigners or set(assigners) - set(ASSIGNERS):
+        parser.error(f"--assigners={args.assigners}: choose from {', '.join(ASSIGNERS)}")
 
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
-    keras_hub_version, error = find_keras_hub(args.keras_hub_path)
-    if keras_hub_version is None:
-        print(f"keras-hub cannot be imported ({error}); measuring our side only.\n"
-              + KERAS_HUB_RECIPE.format(python=sys.executable), file=sys.stderr)
-    sides = ["ours"] + (["keras_hub"] if keras_hub_version else [])
+    keras_hub_version, error = None, "--model demo"
+    if args.model == "resnet50":
+        keras_hub_version, error = find_keras_hub(args.keras_hub_path)
+        if keras_hub_version is None:
+            print(f"keras-hub cannot be imported ({error}); measuring our side only.\n"
+                  + KERAS_HUB_RECIPE.format(python=sys.executable), file=sys.stderr)
+    sides = [f"ours:{a}" for a in assigners] + (["keras_hub"] if keras_hub_version else [])
     runs: dict = {(k, s): [] for k in classes for s in sides}
+    labels: dict = {}
     for r in range(args.repeat):
-        for k in classes:  # alternate the order, so that machine noise hits both sides alike
+        for k in classes:  # alternate the order, so that machine noise hits every side alike
             for side in sides if r % 2 == 0 else sides[::-1]:
-                print(f"  {SIDES[side]}, {k} classes ...", file=sys.stderr, flush=True)
-                runs[(k, side)].append(measure(side, args, num_classes=k))
+                name = f"ours, {side[5:]}" if side.startswith("ours:") else SIDES[side]
+                print(f"  {name}, {k} classes ...", file=sys.stderr, flush=True)
+                child, _, assigner = side.partition(":")
+                runs[(k, side)].append(measure(child, args, num_classes=k,
+                                               assigner=assigner or "iou"))
+    if args.label_steps:
+        for a in assigners:
+            print(f"  labeling alone, {a} ...", file=sys.stderr, flush=True)
+            labels[a] = measure("labels", args, num_classes=classes[0], assigner=a)
     flops = []
     if args.flops:
         for backbone, max_side in FLOPS_VARIANTS:
@@ -354,46 +440,71 @@ def main() -> None:
     load_after = os.getloadavg()[0]
 
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    cpu = cpu_model()
     s, b = args.image_size, args.batch_size
     results: dict = {
-        "machine": machine, "image_size": s, "batch_size": b, "warmup": args.warmup,
-        "steps": args.steps, "repeat": args.repeat, "backbone_bn": args.backbone_bn,
+        "machine": machine, "cpu": cpu, "model": args.model, "image_size": s, "batch_size": b,
+        "warmup": args.warmup, "steps": args.steps, "repeat": args.repeat,
+        "assigners": assigners, "backbone_bn": args.backbone_bn,
         "keras_hub_version": keras_hub_version, "load_1min": [load_before, load_after],
-        "wall_s": time.perf_counter() - t_start, "classes": {},
-        "flops": {f["backbone"]: f for f in flops}}
-    print(f"train step, ResNet50 RetinaNet, {s}x{s}, batch {b}, Adam, CPU ({machine})")
-    print(f"{'classes':<8} {'ours img/s':>10} {'keras-hub img/s':>16} {'ours/keras-hub':>15} "
-          f"{'ours peak MB':>13} {'keras-hub peak MB':>18}")
+        "classes": {}, "labeling": labels, "flops": {f["backbone"]: f for f in flops}}
+    title = "ResNet50 RetinaNet" if args.model == "resnet50" else "demo.flags' small RetinaNet"
+    print(f"train step, {title}, {s}x{s}, batch {b}, Adam, CPU {cpu} ({machine})")
+    base = assigners[0]
+    header = f"{'classes':<8}" + "".join(f" {a + ' img/s':>12}" for a in assigners) + \
+        "".join(f" {a + '/' + base:>10}" for a in assigners[1:])
+    if keras_hub_version:
+        header += f" {'keras-hub img/s':>16} {base + '/keras-hub':>14}"
+    header += f" {'peak MB':>8}"
+    print(header)
     for k in classes:
-        ours = _summary(runs[(k, "ours")])
+        ours = {a: _summary(runs[(k, f"ours:{a}")]) for a in assigners}
         hub = _summary(runs[(k, "keras_hub")]) if keras_hub_version else None
-        ratio = ours["images_per_s"] / hub["images_per_s"] if hub else None
-        results["classes"][k] = {"ours": ours, "keras_hub": hub, "ours_over_keras_hub": ratio}
-        print(f"{k:<8} {ours['images_per_s']:>10.3f} "
-              f"{_fmt(hub and hub['images_per_s'], '.3f', 16)} {_fmt(ratio, '.2f', 15)} "
-              f"{ours['peak_rss_mb']:>13.0f} {_fmt(hub and hub['peak_rss_mb'], '.0f', 18)}")
+        rate = {a: ours[a]["images_per_s"] for a in assigners}
+        entry = {"ours": ours[base], "ours_by_assigner": ours, "keras_hub": hub,
+                 "ratio_to_" + base: {a: rate[a] / rate[base] for a in assigners},
+                 "ours_over_keras_hub": rate[base] / hub["images_per_s"] if hub else None}
+        results["classes"][k] = entry
+        line = f"{k:<8}" + "".join(f" {rate[a]:>12.3f}" for a in assigners) + \
+            "".join(f" {rate[a] / rate[base]:>10.3f}" for a in assigners[1:])
+        if hub:
+            line += f" {hub['images_per_s']:>16.3f} {entry['ours_over_keras_hub']:>14.2f}"
+        line += f" {max(o['peak_rss_mb'] for o in ours.values()):>8.0f}"
+        print(line)
     runs_note = f"median of {args.repeat} alternating runs, " if args.repeat > 1 else ""
     print(f"({runs_note}{args.steps} steps timed after {args.warmup}, each configuration in a "
           f"fresh process; 1-minute load {load_before:.1f} before, {load_after:.1f} after.")
-    print(" ours: Trainer train step (labeling + forward + focal/smooth-L1 + backward + Adam), "
-          "TrainConfig(optimizer=adam, clipnorm=None), head_norm=none;")
-    print(f" keras-hub {keras_hub_version or '(not found)'}: RetinaNetObjectDetector.fit, "
-          "compile() defaults (Adam, Huber + BinaryFocalCrossentropy), no head norm, "
-          "use_p5=True;")
-    print(f" both: backbone BatchNorm {args.backbone_bn}, no XLA, random weights, the same "
-          f"{s}x{s} noise images with 2-12 boxes each.")
+    print(" ours: Trainer train step (labeling in the step + forward + focal/smooth-L1 + "
+          "backward + Adam), TrainConfig(optimizer=adam, clipnorm=None)"
+          + (", head_norm=none;" if args.model == "resnet50" else ";"))
+    if keras_hub_version:
+        print(f" keras-hub {keras_hub_version}: RetinaNetObjectDetector.fit, compile() "
+              "defaults (Adam, Huber + BinaryFocalCrossentropy), no head norm, use_p5=True;")
+    bn = f"backbone BatchNorm {args.backbone_bn}, " if args.model == "resnet50" else ""
+    print(f" {bn}no XLA, random weights, the same {s}x{s} noise images with 2-12 boxes each.")
     for k in classes:
         c = results["classes"][k]
         line = f" {k} classes: forward GFLOPs/img ours {c['ours']['forward_gflops']:.1f}"
         if c["keras_hub"]:
             line += f", keras-hub {c['keras_hub']['forward_gflops']:.1f}"
         if args.repeat > 1:
-            line += "; img/s runs: ours " + ", ".join(
-                f"{v:.3f}" for v in c["ours"]["all_images_per_s"])
+            for a in assigners:
+                line += f"; img/s runs {a}: " + ", ".join(
+                    f"{v:.3f}" for v in c["ours_by_assigner"][a]["all_images_per_s"])
             if c["keras_hub"]:
                 line += "; keras-hub " + ", ".join(
                     f"{v:.3f}" for v in c["keras_hub"]["all_images_per_s"])
         print(line + ("." if k != classes[-1] else ".)"))
+    if labels:
+        anchors = labels[base]["anchors"]
+        print(f"labeling alone (add_targets, {anchors} anchors, batch {b}, {args.label_steps} "
+              f"calls after one that traces):")
+        print(f"{'assigner':<10} {'ms/image':>9} {'ratio':>6} {'positives/image':>16}")
+        for a in assigners:
+            lab = labels[a]
+            print(f"{a:<10} {lab['ms_per_image']:>9.2f} "
+                  f"{lab['ms_per_image'] / labels[base]['ms_per_image']:>6.2f} "
+                  f"{lab['positives_per_image']:>16.1f}")
     if flops:
         by = {f["backbone"]: f for f in flops}
         r152 = by["resnet152"]
@@ -407,12 +518,24 @@ def main() -> None:
               "flagfiles' GroupNorm heads. A training step costs about 3x the forward pass, so "
               "a device of P TFLOP/s trains at most P * 1000 / (3 x GFLOPs) images/s. A "
               "1024x768 image fills 75% of its canvas: the padding is computed too.)")
+    results["wall_s"] = time.perf_counter() - t_start
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)
-    if keras_hub_version is None:
+    if args.model == "resnet50" and keras_hub_version is None:
         sys.exit(2)
 
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's processor."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 if __name__ == "__main__":
     main()

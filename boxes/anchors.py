@@ -18,7 +18,8 @@ import numpy as np
 @dataclasses.dataclass(frozen=True)
 class AnchorConfig:
     """Attributes:
-      min_level, max_level: FPN levels (P3-P7: strides 8-128).
+      min_level, max_level: FPN levels (P3-P7: strides 8-128). The model (model/config.py) takes min_level 2
+        (P2, stride 4, from the backbone's C2, for small objects) or 3, and max_level 5-7.
       sizes: anchor side at scale 1 for each level, pixels.
       ratios: height / width.
       scales: multipliers of the size.
@@ -34,8 +35,13 @@ class AnchorConfig:
     variances: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
 
     def __post_init__(self):
+        if not 1 <= self.min_level <= self.max_level:
+            raise ValueError(f"levels {self.min_level}-{self.max_level}: need "
+                             "1 <= min_level <= max_level")
         if len(self.sizes) != self.max_level - self.min_level + 1:
-            raise ValueError(f"{len(self.sizes)} sizes for levels {self.min_level}-{self.max_level}")
+            raise ValueError(f"{len(self.sizes)} sizes for levels {self.min_level}-{self.max_level}"
+                             f": give one size per level "
+                             f"({self.max_level - self.min_level + 1})")
         for name in ("sizes", "ratios", "scales", "variances"):
             values = getattr(self, name)
             if not values or min(values) <= 0:
@@ -67,8 +73,13 @@ class AnchorConfig:
         return math.ceil(height / s), math.ceil(width / s)
 
     def num_anchors(self, height: int, width: int) -> int:
-        return sum(math.prod(self.grid_size(lv, height, width)) for lv in self.levels) \
-            * self.anchors_per_location
+        return sum(self.level_counts(height, width))
+
+    def level_counts(self, height: int, width: int) -> tuple[int, ...]:
+        """Anchors of each level, min_level first, in generate_anchors' order: level l's
+        anchors are rows sum(counts[:l]) to sum(counts[:l + 1]) (what ATSS selects per level)."""
+        return tuple(math.prod(self.grid_size(lv, height, width)) * self.anchors_per_location
+                     for lv in self.levels)
 
 
 def level_anchor_shapes(config: AnchorConfig, size: float) -> np.ndarray:

@@ -75,3 +75,40 @@ def batched_nms(boxes: tf.Tensor, scores: tf.Tensor, classes: tf.Tensor, max_out
             "scores": tf.where(mask, take(scores), 0.0),
             "classes": tf.where(mask, take(classes), -1),
             "num_detections": tf.cast(valid, tf.int32)}
+
+
+def _aligned_terms(a: tf.Tensor, b: tf.Tensor
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """[..., 4] x [..., 4] boxes paired row by row -> (IoU [...], union [...], the smallest
+    enclosing box [..., 4], squared distance between the centres [...])."""
+    inter_h = tf.maximum(0.0, tf.minimum(a[..., 2], b[..., 2]) - tf.maximum(a[..., 0], b[..., 0]))
+    inter_w = tf.maximum(0.0, tf.minimum(a[..., 3], b[..., 3]) - tf.maximum(a[..., 1], b[..., 1]))
+    inter = inter_h * inter_w
+    union = areas(a) + areas(b) - inter
+    iou = inter / tf.maximum(union, 1e-9)
+    enclosing = tf.concat([tf.minimum(a[..., :2], b[..., :2]),
+                           tf.maximum(a[..., 2:], b[..., 2:])], axis=-1)
+    centre = 0.5 * (a[..., :2] + a[..., 2:]) - 0.5 * (b[..., :2] + b[..., 2:])
+    return iou, union, enclosing, tf.reduce_sum(tf.square(centre), axis=-1)
+
+
+def aligned_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """[..., 4] x [..., 4] -> [...] IoU of each pair of rows (not all pairs, unlike iou)."""
+    return _aligned_terms(a, b)[0]
+
+
+def generalized_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """[..., 4] x [..., 4] -> [...] GIoU = IoU - (C - union) / C, C the area of the smallest
+    box enclosing both (Rezatofighi et al. 2019); in [-1, 1], informative even for disjoint
+    boxes. Boxes must have positive areas."""
+    iou, union, enclosing, _ = _aligned_terms(a, b)
+    c = tf.maximum(areas(enclosing), 1e-9)
+    return iou - (c - union) / c
+
+
+def distance_iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """[..., 4] x [..., 4] -> [...] DIoU = IoU - d^2 / c^2, d the distance between the centres
+    and c the diagonal of the smallest enclosing box (Zheng et al. 2020); in [-1, 1]."""
+    iou, _, enclosing, d2 = _aligned_terms(a, b)
+    c2 = tf.reduce_sum(tf.square(enclosing[..., 2:] - enclosing[..., :2]), axis=-1)
+    return iou - d2 / tf.maximum(c2, 1e-9)

@@ -260,7 +260,8 @@ def latest_checkpoint(model_dir: str) -> str | None:
 def load_model(model_dir: str, checkpoint: str | None = None) -> tuple[keras.Model, ModelConfig]:
     """(training model, its config) of a run: rebuilt from its config.json, weights from
     `checkpoint` (a path prefix such as MODEL_DIR/checkpoints/ckpt-400) or else its last
-    checkpoint. Called in a strategy's scope, the weights are the strategy's variables."""
+    checkpoint; of a run trained with an ema_decay, the averaged weights. Called in a
+    strategy's scope, the weights are the strategy's variables."""
     config = model_config_from_json(read_json(os.path.join(model_dir, CONFIG))["model"])
     model = build_retinanet(config)
     latest = checkpoint or latest_checkpoint(model_dir)
@@ -268,6 +269,11 @@ def load_model(model_dir: str, checkpoint: str | None = None) -> tuple[keras.Mod
         raise FileNotFoundError(f"no checkpoint in {model_dir}/{CHECKPOINTS}")
     status = tf.train.Checkpoint(weights=checkpoint_weights(model)).restore(latest)
     status.expect_partial().assert_existing_objects_matched()  # the optimizer may be left out
+    if any(name.startswith("ema/") for name, _ in tf.train.list_variables(latest)):
+        # A run with --ema_decay: its moving averages replace the trainable weights.
+        ema = {w.path: w for w in model.trainable_variables}
+        tf.train.Checkpoint(ema=ema).restore(latest).expect_partial() \
+            .assert_existing_objects_matched()
     return model, config
 
 

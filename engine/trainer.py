@@ -13,6 +13,7 @@ checkpoint by validation mAP is kept apart from the rotation (save_best).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -61,6 +62,9 @@ class TrainConfig:
       jit_compile: compile each replica's forward and backward pass with XLA (anchor
         labeling and the optimizer update, with their dynamic shapes and cross-replica
         sums, stay outside the compiled cluster).
+      ema_decay: keep an exponential moving average of the trainable weights with this
+        momentum per step (the Keras optimizer's use_ema; 0: off). Checkpoints hold it, and
+        evaluation during training, eval.py, predict.py and the export use it.
     """
 
     epochs: int = 50
@@ -80,6 +84,7 @@ class TrainConfig:
     log_every_steps: int = 50
     label_in_pipeline: bool = False
     jit_compile: bool = False
+    ema_decay: float = 0.0
 
 
 def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
@@ -94,10 +99,13 @@ def make_optimizer(config: TrainConfig) -> keras.optimizers.Optimizer:
         lr = config.learning_rate
     else:
         raise ValueError(f"schedule must be plateau or cosine, got {config.schedule!r}")
+    if not 0.0 <= config.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {config.ema_decay}")
+    ema = {"use_ema": config.ema_decay > 0, "ema_momentum": config.ema_decay or 0.99}
     if config.optimizer == "adam":
-        opt = keras.optimizers.Adam(lr)
+        opt = keras.optimizers.Adam(lr, **ema)
     elif config.optimizer == "adamw":
-        opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
+        opt = keras.optimizers.AdamW(lr, weight_decay=config.weight_decay, **ema)
     else:
         raise ValueError(f"optimizer must be adam or adamw, got {config.optimizer!r}")
     if config.mixed_precision:
@@ -162,6 +170,8 @@ class Trainer:
         self.anchors = tf.constant(generate_anchors(model_config.image_size,
                                                     model_config.image_size,
                                                     model_config.anchors))
+        self.level_counts = model_config.anchors.level_counts(model_config.image_size,
+                                                              model_config.image_size)
         with strategy.scope():
             self.model = (build_model or build_retinanet)(model_config)
         if train_config.jit_compile and strategy.num_replicas_in_sync > 1 \
@@ -178,9 +188,15 @@ class Trainer:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
             self.plateau = Plateau(train_config.plateau_factor, train_config.plateau_patience,
                                    train_config.min_learning_rate)
+        extra = {}
+        if train_config.ema_decay:
+            # The averages again under the weights' own paths, so that load_model (eval.py,
+            # predict.py) restores them without building an optimizer.
+            extra["ema"] = dict(zip((w.path for w in self.model.trainable_variables),
+                                    self._averages(), strict=True))
         self.checkpoint = tf.train.Checkpoint(weights=checkpoint_weights(self.model),
                                               optimizer=self.optimizer, step=self.step,
-                                              plateau=self.plateau)
+                                              plateau=self.plateau, **extra)
         self.is_chief = is_chief(strategy)
         if self.is_chief:
             ckpt_dir = os.path.join(model_dir, CHECKPOINTS)
@@ -209,15 +225,16 @@ class Trainer:
         anchors = generate_anchors(self.model_config.image_size, self.model_config.image_size,
                                    self.model_config.anchors)
         variances = self.model_config.anchors.variances
+        counts = self.level_counts
         return lambda example: add_image_targets(example, tf.constant(anchors), self.labeler,
-                                                 variances)
+                                                 variances, counts)
 
     def replica_step(self, batch: dict) -> dict:
         """Forward, loss and gradients on one replica; returns its losses and gradients
         (gradients are those of the global-batch loss restricted to this replica's images)."""
         if "cls_targets" not in batch:  # labeling on the accelerator
             batch = add_targets(batch, self.anchors, self.labeler,
-                                self.model_config.anchors.variances)
+                                self.model_config.anchors.variances, self.level_counts)
         ctx = tf.distribute.get_replica_context()
         normalizer = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                     num_positives(batch["cls_targets"]))
@@ -229,7 +246,8 @@ class Trainer:
         with tf.GradientTape() as tape:
             out = self.model(images, training=True)
             losses = retinanet_loss(cls_targets, box_targets, out["cls_logits"],
-                                    out["box_deltas"], self.loss_config, normalizer)
+                                    out["box_deltas"], self.loss_config, normalizer,
+                                    self.anchors, self.model_config.anchors.variances)
             loss = losses["loss"]
             if self.config.mixed_precision:
                 loss = self.optimizer.scale_loss(loss)
@@ -269,6 +287,29 @@ class Trainer:
 
         return train_step
 
+    # -- weight averaging ----------------------------------------------------------------
+
+    def _averages(self) -> list:
+        """The optimizer's moving averages, in the order of model.trainable_variables."""
+        return list(_base_optimizer(self.optimizer)._model_variables_moving_average)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within the block the model holds the moving average of its trainable weights
+        (with ema_decay; otherwise it is unchanged); the trained weights come back after."""
+        if not self.config.ema_decay:
+            yield self.model
+            return
+        variables = self.model.trainable_variables
+        trained = [tf.identity(v) for v in variables]
+        for v, average in zip(variables, self._averages(), strict=True):
+            v.assign(average)
+        try:
+            yield self.model
+        finally:
+            for v, value in zip(variables, trained, strict=True):
+                v.assign(value)
+
     # -- loop ----------------------------------------------------------------------------
 
     def latest_checkpoint(self) -> str | None:
@@ -289,11 +330,13 @@ class Trainer:
                     return int(self.step.numpy())
                 raise CheckpointMismatchError(
                     f"{latest} does not fit this model: it was written by a run with another "
-                    f"configuration (backbone, normalization, heads, anchors or classes). "
+                    f"configuration (backbone, normalization, heads, anchors, classes, or "
+                    f"weight averaging: --ema_decay on or off). "
                     f"Resume with that run's flags, or train in a new --model_dir. "
                     f"Detail: {str(e)[:300]}") from e
             self._restored = latest
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
+
         return int(self.step.numpy())
 
     def _restore_other_trainables(self, latest: str) -> bool:
@@ -455,7 +498,8 @@ class Trainer:
                 log.info("epoch %d done in %.0f s: mean loss %.4f; checkpoint %s", epoch + 1,
                          time.monotonic() - t_epoch, means["loss"], path)
                 if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, means)
+                    with self.averaged_weights():  # evaluate what the export will hold
+                        on_epoch_end(epoch + 1, means)
         return means
 
 

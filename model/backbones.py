@@ -72,6 +72,14 @@ BACKBONES: dict[str, BackboneSpec] = {
     "small": BackboneSpec(None, ("small_c3", "small_c4", "small_c5"), "none"),
 }
 
+# C2 (stride 4) for a P2 pyramid level (--min_level=2), where the backbone provides it.
+C2_TAPS: dict[str, str] = {
+    "resnet50": "conv2_block3_out", "resnet101": "conv2_block3_out",
+    "resnet152": "conv2_block3_out", "resnet50v2": "conv2_block3_preact_relu",
+    "resnet101v2": "conv2_block3_preact_relu", "resnet152v2": "conv2_block3_preact_relu",
+    "small": "small_c2",
+}
+
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 IMAGENET = "imagenet"
 WEIGHT_FILE_SUFFIXES = (".weights.h5", ".h5", ".hdf5")
@@ -95,7 +103,7 @@ def _preprocess(x, kind: str):
 
 
 def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99,
-                    width: float = 1.0) -> list:
+                    width: float = 1.0, with_c2: bool = False) -> list:
     """Five stride-2 stages of 3x3 convolutions, C3-C5 at strides 8, 16 and 32.
 
     The first two stages (1/2 and 1/4 resolution) have biases and no normalization: there
@@ -103,6 +111,7 @@ def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99,
     "group" (GroupNorm, independent of batch size and replicas) or "batch" (BatchNorm with
     `bn_momentum`, statistics synchronized over replicas; trains faster from scratch).
     `width` multiplies every stage's channels (16, 32, 64, 128, 192), rounded to multiples of 8.
+    with_c2: also return the second stage's output (stride 4) first, as C2.
     """
     if norm not in ("group", "batch"):
         raise ValueError(f"the small backbone's norm must be group or batch, got {norm!r}")
@@ -121,15 +130,16 @@ def _small_backbone(inputs, norm: str = "group", bn_momentum: float = 0.99,
                 x = layers.BatchNormalization(momentum=bn_momentum, synchronized=True,
                                               name=f"small_s{stage}_b{b}_bn")(x)
             x = layers.Activation("relu", name=f"small_s{stage}_b{b}_relu")(x)
-        if stage >= 2:
+        if stage >= 2 or (stage == 1 and with_c2):
             outs.append(layers.Identity(name=f"small_c{stage + 1}")(x))
     return outs
 
 
 def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | None = None,
                    norm: str = "group", bn_momentum: float = 0.99,
-                   width: float = 1.0) -> keras.Model:
-    """The backbone `name` as a model: [B, H, W, 3] float in [0, 255] -> [C3, C4, C5].
+                   width: float = 1.0, min_level: int = 3) -> keras.Model:
+    """The backbone `name` as a model: [B, H, W, 3] float in [0, 255] -> [C3, C4, C5], or
+    [C2, C3, C4, C5] with min_level 2 (backbones in C2_TAPS).
 
     Args:
       weights: None (random), "imagenet" or a local Keras applications weights file (see the
@@ -144,13 +154,19 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
+    if min_level not in (2, 3):
+        raise ValueError(f"backbone features start at C2 or C3, not C{min_level}")
+    if min_level == 2 and name not in C2_TAPS:
+        raise ValueError(f"backbone {name!r} has no C2 tap for a P2 level; use one of "
+                         f"{', '.join(C2_TAPS)}, or min_level 3")
     inputs = keras.Input(input_shape, name="image")
     if spec.build is None:
         if weights:
             raise BackboneWeightsError(
                 f"the small backbone has neither ImageNet weights nor weight files; start it "
                 f"from a previous run's directory instead (got {weights!r})")
-        return keras.Model(inputs, _small_backbone(inputs, norm, bn_momentum, width),
+        return keras.Model(inputs, _small_backbone(inputs, norm, bn_momentum, width,
+                                                   min_level == 2),
                            name=f"backbone_{name}")
     if not weights:
         net = spec.build(include_top=False, weights=None, input_shape=input_shape)
@@ -158,7 +174,8 @@ def build_backbone(name: str, input_shape: tuple[int, int, int], weights: str | 
         net = _imagenet(spec, name, input_shape)
     else:
         net = _from_file(spec, name, input_shape, weights)
-    features = keras.Model(net.inputs, [net.get_layer(t).output for t in spec.taps],
+    taps = ((C2_TAPS[name],) if min_level == 2 else ()) + spec.taps
+    features = keras.Model(net.inputs, [net.get_layer(t).output for t in taps],
                            name=f"{name}_features")
     return keras.Model(inputs, features(_preprocess(inputs, spec.preprocess)),
                        name=f"backbone_{name}")

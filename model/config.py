@@ -48,15 +48,29 @@ class ModelConfig:
     def __post_init__(self):
         if self.image_size % 128:
             raise ValueError(f"image_size must be a multiple of 128, got {self.image_size}")
+        if self.anchors.min_level not in (2, 3) or self.anchors.max_level not in (5, 6, 7):
+            raise ValueError(f"pyramid levels P{self.anchors.min_level}-P"
+                             f"{self.anchors.max_level}: the FPN builds min_level 2 or 3 "
+                             "(P2 from the backbone's C2) up to max_level 5, 6 or 7")
+
+
+CLS_LOSSES = ("focal", "quality_focal")
+BOX_LOSSES = ("smooth_l1", "huber", "giou", "diou")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Focal loss (alpha, gamma) plus a box loss on positive anchors, both normalized by the
+    """A classification loss plus a box loss on positive anchors, both normalized by the
     number of positive anchors over the global batch.
 
-    box_loss: "smooth_l1" (beta = box_delta; keras-retinanet's sigma 3 is beta 1/9) or
-    "huber" (delta = box_delta).
+    cls_loss: "focal" (Lin et al. 2017: alpha, gamma) or "quality_focal" (GFL, Li et al.
+      2020: the target of a positive anchor's class is the IoU of its decoded prediction with
+      its box, so the score learns to rank by localization quality; gamma is the paper's
+      beta, alpha is not used).
+    box_loss: on the encoded deltas, "smooth_l1" (beta = box_delta; keras-retinanet's sigma 3
+      is beta 1/9) or "huber" (delta = box_delta); on the decoded boxes, "giou" (1 - GIoU,
+      Rezatofighi et al. 2019) or "diou" (1 - DIoU, Zheng et al. 2020), box_delta unused.
+    box_weight: multiplier of the box loss.
     """
 
     alpha: float = 0.25
@@ -64,6 +78,20 @@ class LossConfig:
     box_loss: str = "smooth_l1"
     box_delta: float = 1.0 / 9.0
     box_weight: float = 1.0
+    cls_loss: str = "focal"
+
+    def __post_init__(self):
+        if self.cls_loss not in CLS_LOSSES:
+            raise ValueError(f"cls_loss must be one of {', '.join(CLS_LOSSES)}, "
+                             f"got {self.cls_loss!r}")
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"box_loss must be one of {', '.join(BOX_LOSSES)}, "
+                             f"got {self.box_loss!r}")
+
+    @property
+    def needs_decoded_boxes(self) -> bool:
+        """Whether the loss decodes predictions against the anchors."""
+        return self.cls_loss == "quality_focal" or self.box_loss in ("giou", "diou")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Focal loss and box loss on compact targets; the one-hot exists only in here.
+"""Classification and box losses on compact targets; the one-hot exists only in here.
+
+Classification: focal loss, or quality focal loss (GFL) whose positive targets are the IoU
+of the decoded prediction with its box. Box: smooth-L1/Huber on the encoded deltas, or
+1 - GIoU / 1 - DIoU on the boxes decoded against the anchors (boxes/coder.py, with the
+anchor configuration's variances).
 
 Normalization: each replica returns sum(loss over its images) / P, with P the
 number of positive anchors in the whole global batch (all replicas), so that
@@ -8,9 +13,13 @@ gives the gradient of the global-batch loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tensorflow as tf
 
+from boxes import coder
 from boxes.assign import IGNORE
+from boxes.ops import aligned_iou, distance_iou, generalized_iou
 from model.config import LossConfig
 
 
@@ -40,13 +49,56 @@ def focal_loss_sum(cls_targets: tf.Tensor, logits: tf.Tensor, alpha: float, gamm
     return tf.reduce_sum(loss * keep)
 
 
+def quality_focal_loss_sum(cls_targets: tf.Tensor, logits: tf.Tensor, quality: tf.Tensor,
+                           beta: float) -> tf.Tensor:
+    """Sum of the quality focal loss (GFL, Li et al. 2020) over every non-ignored anchor and
+    class: |y - sigmoid(logit)|^beta * BCE(y, logit), with the soft target y = quality at a
+    positive anchor's class and 0 elsewhere.
+
+    Args:
+      cls_targets: [B, A] int class id, -1 background, -2 ignore.
+      logits: [B, A, K].
+      quality: [B, A] target in [0, 1] of each positive anchor (the IoU of its decoded
+        prediction with its box; no gradient flows through it); unused elsewhere.
+    """
+    logits = tf.cast(logits, tf.float32)
+    num_classes = tf.shape(logits)[-1]
+    quality = tf.stop_gradient(tf.clip_by_value(tf.cast(quality, tf.float32), 0.0, 1.0))
+    labels = tf.one_hot(tf.maximum(cls_targets, -1), num_classes, dtype=tf.float32) \
+        * quality[..., None]
+    ce = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+    loss = tf.pow(tf.abs(labels - tf.sigmoid(logits)), beta) * ce
+    keep = tf.cast(cls_targets != IGNORE, tf.float32)[..., None]
+    return tf.reduce_sum(loss * keep)
+
+
+def decoded_boxes(box_targets: tf.Tensor, deltas: tf.Tensor, anchors: tf.Tensor,
+                  variances: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
+    """(predicted, target) boxes [B, A, 4] (ymin, xmin, ymax, xmax) pixels, decoded from
+    [B, A, 4] deltas and targets against [A, 4] anchors. Where an anchor is not positive the
+    target decodes to the anchor itself (zero deltas), a valid box, so no NaN can arise."""
+    anchors = tf.cast(anchors, tf.float32)[None]
+    return (coder.decode(tf.cast(deltas, tf.float32), anchors, variances),
+            coder.decode(box_targets, anchors, variances))
+
+
 def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tensor,
-                 kind: str, delta: float) -> tf.Tensor:
-    """Sum over positive anchors and the 4 coordinates of smooth-L1 or Huber.
+                 kind: str, delta: float, anchors: tf.Tensor | None = None,
+                 variances: Sequence[float] | None = None) -> tf.Tensor:
+    """Sum over positive anchors of the box loss: smooth-L1 or Huber summed over the 4
+    encoded coordinates, or 1 - GIoU / 1 - DIoU of the decoded boxes.
 
     Args:
       box_targets, deltas: [B, A, 4] encoded (ty, tx, th, tw).
+      anchors: [A, 4] pixels and variances (the box coder's): needed by giou and diou.
     """
+    positive = tf.cast(cls_targets >= 0, tf.float32)
+    if kind in ("giou", "diou"):
+        if anchors is None or variances is None:
+            raise ValueError(f"box_loss {kind} decodes boxes: pass the anchors and variances")
+        pred, target = decoded_boxes(box_targets, deltas, anchors, variances)
+        similarity = generalized_iou if kind == "giou" else distance_iou
+        return tf.reduce_sum((1.0 - similarity(pred, target)) * positive)
     diff = tf.abs(tf.cast(deltas, tf.float32) - box_targets)
     quadratic = tf.minimum(diff, delta)
     huber = 0.5 * quadratic ** 2 + delta * (diff - quadratic)
@@ -55,20 +107,32 @@ def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tens
     elif kind == "huber":
         loss = huber
     else:
-        raise ValueError(f"box_loss must be smooth_l1 or huber, got {kind!r}")
-    positive = tf.cast(cls_targets >= 0, tf.float32)[..., None]
-    return tf.reduce_sum(loss * positive)
+        raise ValueError(f"box_loss must be smooth_l1, huber, giou or diou, got {kind!r}")
+    return tf.reduce_sum(loss * positive[..., None])
 
 
 def retinanet_loss(cls_targets, box_targets, cls_logits, box_deltas, config: LossConfig,
-                   normalizer: tf.Tensor) -> dict[str, tf.Tensor]:
+                   normalizer: tf.Tensor, anchors: tf.Tensor | None = None,
+                   variances: Sequence[float] | None = None) -> dict[str, tf.Tensor]:
     """{"loss", "cls_loss", "box_loss"} of one replica's batch.
 
     Args:
+      cls_targets: [B, A]; box_targets: [B, A, 4] encoded; cls_logits: [B, A, K];
+        box_deltas: [B, A, 4].
       normalizer: positive anchors in the global batch (summed over replicas); at least 1.
+      anchors: [A, 4] pixels, and variances: needed when config.needs_decoded_boxes.
     """
     normalizer = tf.maximum(tf.cast(normalizer, tf.float32), 1.0)
-    cls = focal_loss_sum(cls_targets, cls_logits, config.alpha, config.gamma) / normalizer
-    box = box_loss_sum(cls_targets, box_targets, box_deltas, config.box_loss, config.box_delta) \
-        / normalizer * config.box_weight
+    if config.needs_decoded_boxes and (anchors is None or variances is None):
+        raise ValueError(f"cls_loss {config.cls_loss} / box_loss {config.box_loss} decode "
+                         "boxes: pass the anchors and variances")
+    if config.cls_loss == "quality_focal":
+        pred, target = decoded_boxes(box_targets, box_deltas, anchors, variances)
+        quality = tf.where(cls_targets >= 0, aligned_iou(pred, target), 0.0)
+        cls = quality_focal_loss_sum(cls_targets, cls_logits, quality, config.gamma)
+    else:
+        cls = focal_loss_sum(cls_targets, cls_logits, config.alpha, config.gamma)
+    cls = cls / normalizer
+    box = box_loss_sum(cls_targets, box_targets, box_deltas, config.box_loss, config.box_delta,
+                       anchors, variances) / normalizer * config.box_weight
     return {"loss": cls + box, "cls_loss": cls, "box_loss": box}

@@ -16,15 +16,18 @@ from model.heads import RetinaNetHead, prior_bias
 
 def build_retinanet(config: ModelConfig) -> keras.Model:
     """Training model: uint8 [B, S, S, 3] canvas -> {"cls_logits": [B, A, K] float32,
-    "box_deltas": [B, A, 4] float32}, anchors in boxes/anchors.py order."""
+    "box_deltas": [B, A, 4] float32}, anchors in boxes/anchors.py order, pyramid levels
+    config.anchors.min_level to max_level."""
     size = config.image_size
     image = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = layers.Activation("linear", dtype="float32", name="to_float")(
         keras.ops.cast(image, "float32"))
     backbone = build_backbone(config.backbone, (size, size, 3), config.backbone_weights,
-                              config.backbone_norm, config.bn_momentum, config.backbone_width)
+                              config.backbone_norm, config.bn_momentum, config.backbone_width,
+                              config.anchors.min_level)
     set_backbone_trainable(backbone, config)
-    features = FeaturePyramid(config.fpn_channels, name="fpn")(backbone(x))
+    features = FeaturePyramid(config.fpn_channels, config.anchors.min_level,
+                              config.anchors.max_level, name="fpn")(backbone(x))
     k = config.anchors.anchors_per_location
     levels = len(config.anchors.levels)
     cls = RetinaNetHead(config.num_classes, k, config.head_convs, config.head_channels,

@@ -59,6 +59,8 @@ SKIP = [
     ("benchmarks/", "benchmarks are measured by hand (docs/performance.md), not tested"),
     ("challenge-2019-validation", "the official validation files, not in the repository"),
     ("tools/fetch_weights.py", "downloads ImageNet weights: needs the internet"),
+    ("tools/ablate.py --demo_out demo_out/ --out ablate_out --seeds 0,1,2",
+     "the full ablation: hours of training; the quick ablate.py command beside it runs"),
 ]
 STAGES = ["oid.demo_data", "oid.levels", "make_records.py", "train.py", "eval.py",
           "predict.py", "oid.combine", "oid.metric", "make lint"]

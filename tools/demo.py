@@ -160,6 +160,29 @@ def records_commands(py: str, data: str, levels_spec: str, records: str,
     ]
 
 
+def make_data(out: str, seed: int, images: int, test_split: bool = True,
+              boxes_to_ancestors: bool = BOXES_TO_ANCESTORS,
+              records_args: str = "") -> dict[str, float]:
+    """The demo's data stages into OUT: the mini dataset (OUT/data), its levels
+    (OUT/levels.json) and the records of every level (OUT/records; the test split's too
+    unless test_split is False). Returns each stage's wall seconds. tools/ablate.py makes its
+    data with this as well."""
+    py = sys.executable
+    data, records = os.path.join(out, "data"), os.path.join(out, "records")
+    stages = {}
+    stages["data"] = run([py, "-m", "oid.demo_data", "--out", data, "--seed", str(seed),
+                          "--images", str(images)])
+    stages["levels"] = run([py, "-m", "oid.levels", "--data_dir", data, "--level_sizes", "6",
+                            "--out", os.path.join(out, "levels.json"),
+                            "--plot", os.path.join(out, "levels.png")])
+    levels_cmd, test_cmd = records_commands(py, data, os.path.join(out, "levels.json"), records,
+                                            boxes_to_ancestors, records_args)
+    stages["records"] = run(levels_cmd)
+    if test_split:
+        stages["records"] += run(test_cmd)
+    return stages
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -190,14 +213,9 @@ def main(argv=None) -> int:
     total_start = time.perf_counter()
     stages: dict[str, float] = {}
 
-    stages["data"] = run([py, "-m", "oid.demo_data", "--out", data, "--seed", str(args.seed),
-                          "--images", str(args.images)])
-    stages["levels"] = run([py, "-m", "oid.levels", "--data_dir", data, "--level_sizes", "6",
-                            "--out", os.path.join(out, "levels.json"),
-                            "--plot", os.path.join(out, "levels.png")])
-    stages["records"] = sum(run(cmd) for cmd in records_commands(
-        py, data, os.path.join(out, "levels.json"), records, args.boxes_to_ancestors,
-        args.records_args))
+    stages.update(make_data(out, args.seed, args.images,
+                            boxes_to_ancestors=args.boxes_to_ancestors,
+                            records_args=args.records_args))
     with open(os.path.join(out, "levels.json")) as f:
         level_ids = [level["index"] for level in json.load(f)["levels"]]
 
