@@ -20,9 +20,12 @@ or re-combines the submission from the cache without TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import re
+import sys
 
 import tensorflow as tf
 from absl import app, flags
@@ -41,6 +44,7 @@ from engine.prediction import (
 )
 from engine.strategy import is_chief, make_strategy, wait_for_all_workers
 from model.config import PostprocessConfig
+from oid import progress
 from oid.classes import ClassTable, load_classes
 from oid.combine import FUSIONS
 from oid.detection_cache import ModelCache
@@ -108,6 +112,8 @@ flags.DEFINE_integer("visualize", 0, "Draw the detections of the first N images 
 flags.DEFINE_string("visualize_dir", None, "Where the PNGs go; default OUTPUT's folder/visualize.")
 flags.DEFINE_float("visualize_threshold", 0.3, "Boxes scoring below are not drawn.")
 flags.DEFINE_float("log_every_seconds", 10.0, "Progress log interval.")
+flags.DEFINE_enum("progress", "auto", progress.MODES,
+                  progress.FLAG_HELP + " log: a line every --log_every_seconds.")
 flags.mark_flags_as_required(["model", "output"])
 for _name, _low in (("top_k", 0), ("cache_chunk_images", 1), ("max_detections", 1), ("pre_nms_top_k", 1), ("batch_size", 1),
                     ("visualize", 0)):
@@ -192,13 +198,22 @@ def write_submission(prediction: ChunkedPrediction, combine: Combiner, source: S
         tf.io.gfile.makedirs(os.path.dirname(FLAGS.output) or ".")
         writer = SubmissionWriter(FLAGS.output, image_ids=source.image_ids
                                   if isinstance(source, ImageFolderSource) else None)
+    # --progress: log keeps the inference loop's lines; bar and none replace them (each
+    # chunk's line stays). Images read from the cache advance the bar a chunk at a time.
+    mode = progress.resolve(FLAGS.progress, sys.stderr)
+    total = sum(len(c.image_ids) for c in plan if c.image_ids is not None) or None
+    bar = progress.Progress(total=total, unit="images", description="predict", mode=mode) \
+        if mode != "log" and chief else None
     try:
-        for _, chunks in prediction.run(plan, missing, FLAGS.batch_size,
-                                        FLAGS.log_every_seconds):
-            for dets, readable in combine_chunk(combine, chunks):
-                writer.write(dets)
-                if readable and len(shown) < FLAGS.visualize:
-                    shown.append(dets)
+        with bar or contextlib.nullcontext():
+            for _, chunks in prediction.run(
+                    plan, missing, FLAGS.batch_size,
+                    FLAGS.log_every_seconds if bar is None else math.inf,
+                    advance=bar.update if bar is not None else None):
+                for dets, readable in combine_chunk(combine, chunks):
+                    writer.write(dets)
+                    if readable and len(shown) < FLAGS.visualize:
+                        shown.append(dets)
     except BaseException:
         if writer is not None:
             writer.abort()

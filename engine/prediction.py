@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -252,10 +252,16 @@ class ChunkedPrediction:
 
     def run(self, plan: Sequence[PlannedChunk], missing: Sequence[tuple[int, ...]],
             batch_size: int, log_every_seconds: float = 10.0,
+            advance: Callable[[int], None] | None = None,
             ) -> Iterator[tuple[PlannedChunk, list[Chunk]]]:
         """Yields, on the chief, each chunk with one Chunk per detector (read from the cache
         or just computed), in plan order; on other workers it runs the same inference and
-        yields nothing."""
+        yields nothing.
+
+        advance(n): called with every image inferred (n=1) and with a chunk read from the
+        cache (n: its images), e.g. a progress bar's update; log_every_seconds: the inference
+        loop's progress lines (math.inf: only each chunk's last line).
+        """
         total_images = sum(len(c.image_ids) for c in plan if c.image_ids is not None) or None
         to_run = sum(1 for m in missing if m)
         log.info("predict: %d chunks, %d to compute, %d complete in the cache", len(plan),
@@ -267,7 +273,7 @@ class ChunkedPrediction:
             if models:
                 ran += 1
                 fresh = self._infer(chunk, models, batch_size, log_every_seconds,
-                                    f"predict chunk {chunk.index + 1}/{len(plan)}")
+                                    f"predict chunk {chunk.index + 1}/{len(plan)}", advance)
                 if self.chief:
                     for k, c in fresh.items():
                         if self.caches[k] is not None:
@@ -277,6 +283,8 @@ class ChunkedPrediction:
             chunks = [fresh[k] if k in fresh else self.caches[k].read(chunk.index)
                       for k in range(len(self.detectors))]
             self.images += len(chunks[0].images)
+            if not models and advance is not None:
+                advance(len(chunks[0].images))
             self.unreadable += sorted(set().union(*(c.unreadable for c in chunks)))
             elapsed = time.monotonic() - start
             line = f"predict: chunk {chunk.index + 1}/{len(plan)}, {self.images:,}"
@@ -295,13 +303,16 @@ class ChunkedPrediction:
             yield chunk, chunks
 
     def _infer(self, chunk: PlannedChunk, models: tuple[int, ...], batch_size: int,
-               log_every_seconds: float, what: str) -> dict[int, Chunk]:
+               log_every_seconds: float, what: str,
+               advance: Callable[[int], None] | None = None) -> dict[int, Chunk]:
         inference = self._inference_of(models)
         total = len(chunk.image_ids) if chunk.image_ids is not None else None
         rows = {}
         for row in inference.run(chunk.source, batch_size, total=total, what=what,
                                  log_every_seconds=log_every_seconds):
             rows[row.image_id] = row
+            if advance is not None:
+                advance(1)
         self.images_inferred += len(rows)
         # The chunk's order: the plan's (image folders), else sorted ImageIds (records come
         # in an order that depends on the number of workers).

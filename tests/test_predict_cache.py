@@ -3,6 +3,7 @@ model's cache ignored, python -m oid.combine rebuilding predict.py's submission 
 cache, and the merged submission without a cap scoring no lower than a capped one."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -178,3 +179,30 @@ def test_no_cap_scores_no_lower_than_a_capped_merge(world, one_go, tmp_path):
     (uncapped, n_all), (capped, n_capped) = scores[0], scores[3]
     assert n_all > n_capped  # the cap cut detections
     assert uncapped >= capped, scores
+
+
+def test_the_bar_counts_cached_and_inferred_images_to_the_same_bytes(world, one_go, tmp_path):
+    """--progress=bar on a resumed run: chunks 0-2 (9 images) come from the cache, chunk 3
+    (2 images) is inferred; the bar reaches 11/11 and the submission keeps its bytes."""
+    reference, _ = one_go
+    cache = tmp_path / "cache"
+    shutil.copytree(str(reference) + ".cache", cache)
+    for model in model_caches(str(cache)):
+        os.remove(model.chunk_path(3))
+    output = tmp_path / "sub.csv.gz"
+    out = subprocess.run(_argv(world, world / "runs", output, f"--cache_dir={cache}",
+                               "--progress=bar"), env=ENV, capture_output=True, timeout=600)
+    stderr = out.stderr.decode()
+    assert out.returncode == 0, stderr[-4000:]
+    assert output.read_bytes() == reference.read_bytes()
+    frames = [f.split("\n")[0] for f in stderr.split("\r")[1:] if f.strip()]
+    assert frames[0].startswith("predict:   0% [....................] 0/11 images")
+    # The cached chunks advance the bar 3 images at a time (the bar redraws at most 4 times
+    # a second, so not every count is drawn), the inferred chunk 1 at a time.
+    counts = [int(re.search(r"\] (\d+)/11 images", f).group(1)) for f in frames]
+    assert counts == sorted(counts) and counts[-1] == 11
+    assert not {1, 2, 4, 5, 7, 8} & set(counts)
+    # The inference loop's periodic lines (--log_every_seconds=0: one per image) give way to
+    # the bar; each chunk's line stays.
+    assert not re.search(r"predict chunk 4/4: 1/2 images", stderr)
+    assert "predict: chunk 4/4, 11/11 images" in stderr

@@ -249,7 +249,7 @@ def main(argv=None) -> int:
     stages["predict_val"] = run([py, "predict.py", *model_flags,
                                  f"--images={os.path.join(out, 'val', 'images')}",
                                  f"--data_dir={data}", f"--output={val_submission}"],
-                                os.path.join(logs, "predict_val.log"))
+                                os.path.join(logs, "predict_val.log"), bar=True)
     val_metrics = os.path.join(out, "val_metrics.json")
     stages["score_val"] = run([py, "-m", "oid.metric", "--boxes", val_boxes, "--labels",
                                val_labels, "--classes", classes, "--hierarchy", hierarchy,
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
                                   f"--output={os.path.join(out, 'submission.csv.gz')}",
                                   f"--visualize={args.visualize}",
                                   f"--visualize_dir={os.path.join(out, 'visualized')}"],
-                                 os.path.join(logs, "predict_test.log"))
+                                 os.path.join(logs, "predict_test.log"), bar=True)
 
     total = time.perf_counter() - total_start
     summary.update({"submission_mAP": submission_map, "validation_images": val_images,
