@@ -313,7 +313,6 @@ class Trainer:
                     f"Detail: {str(e)[:300]}") from e
             self._restored = latest
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-
         return int(self.step.numpy())
 
     def save(self) -> str:
