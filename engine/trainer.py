@@ -336,7 +336,6 @@ class Trainer:
                     f"Detail: {str(e)[:300]}") from e
             self._restored = latest
             log.info("resumed from %s at step %d", latest, int(self.step.numpy()))
-
         return int(self.step.numpy())
 
     def _restore_other_trainables(self, latest: str) -> bool:
