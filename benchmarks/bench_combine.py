@@ -208,6 +208,7 @@ def main() -> None:
     for w in whos:
         print(f"running {w}", file=sys.stderr, flush=True)
         results[w] = run(w, args, paths)
+        print(f"  {w}: {json.dumps(results[w])}", file=sys.stderr, flush=True)
     if "baseline" in results:
         results["identical_text"] = digest(paths["ours"]) == digest(paths["baseline"])
         results["speedup"] = results["baseline"]["seconds"] / results["ours"]["seconds"]

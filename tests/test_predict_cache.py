@@ -142,8 +142,8 @@ def test_a_changed_model_never_reuses_the_old_cache(world, one_go, tmp_path):
     shutil.copytree(world / "runs", runs)
     cache = tmp_path / "sub.csv.gz.cache"
     shutil.copytree(str(reference) + ".cache", cache)
-    for folder in cache.iterdir():  # the copied caches name the original run directories
-        meta = folder / "cache.json"
+    for folder in [p for p in cache.iterdir() if p.is_dir()]:
+        meta = folder / "cache.json"  # the copied caches name the original run directories
         meta.write_text(meta.read_text().replace(str(world / "runs"), str(runs)))
     # Level 2 retrained (other weights) in the same directory.
     shutil.rmtree(runs / "level2")
@@ -152,7 +152,7 @@ def test_a_changed_model_never_reuses_the_old_cache(world, one_go, tmp_path):
     log = _predict(world, runs, output)
     assert "ignoring the cache" in log and f"of {runs / 'level2'}:" in log
     assert "predict: 4 chunks, 4 to compute" in log  # level 2's chunks, level 1's reused
-    folders = sorted(p.name for p in cache.iterdir())
+    folders = sorted(p.name for p in cache.iterdir() if p.is_dir())
     assert len(folders) == 4 and sum(n.startswith("level2-") for n in folders) == 2
     assert output.read_bytes() != reference.read_bytes()
     # The cache's predict.json names this run's folders: the offline command takes them,
