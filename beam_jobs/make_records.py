@@ -134,11 +134,12 @@ flags.DEFINE_float("max_dominant_fraction", None,
                    "belong to the dominant classes (e.g. 0.95).")
 flags.DEFINE_list("dominant_classes", [], "MIDs of the dominant classes (default: top-K).")
 flags.DEFINE_integer("dominant_top_k", 1, "Dominant classes = the level's K largest by boxes.")
-flags.DEFINE_bool("boxes_to_ancestors", False,
+flags.DEFINE_bool("boxes_to_ancestors", True,
                   "Also write each box of a class outside the level as a box of the level's "
                   "nearest Subcategory ancestor of its class (a Star box as a Symbol box), as "
                   "the challenge metric scores the level's parent classes; one box per place. "
-                  "stats.json counts the copies (docs/records.md).")
+                  "stats.json counts the copies (docs/records.md). --noboxes_to_ancestors "
+                  "keeps the annotated boxes only.")
 flags.DEFINE_bool("strict", False, "Fail on the first bad annotation row instead of skipping it.")
 flags.DEFINE_integer("log_every", 500, "Progress line every N images per worker "
                      "(--progress=log).")
@@ -622,7 +623,10 @@ _RANGES = {
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl's parsing of `argv`, its errors as UsageError. Returns the leftover (Beam) args."""
+    """absl's parsing of `argv`, its errors as UsageError. Returns the leftover (Beam) args.
+    Every flag not in `argv` takes its default, also when run() is called again in the same
+    process (absl would keep the previous call's value)."""
+    FLAGS.unparse_flags()
     try:
         return FLAGS(argv, known_only=True)[1:]
     except flags.Error as e:

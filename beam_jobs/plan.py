@@ -53,7 +53,7 @@ class PlanConfig:
     max_dominant_fraction: float | None = None
     dominant_classes: tuple[str, ...] = ()
     dominant_top_k: int = 1
-    boxes_to_ancestors: bool = False
+    boxes_to_ancestors: bool = True
 
 
 @dataclasses.dataclass

@@ -39,7 +39,7 @@ VAL_FRACTION = 0.15  # the records' --val_fraction: the same ImageIDs are val fo
 MAX_SIDE = 320
 # make_records.py --boxes_to_ancestors unless --no-boxes_to_ancestors (or the reverse): the
 # records job's own default, so that the demo shows what a user gets.
-BOXES_TO_ANCESTORS = False
+BOXES_TO_ANCESTORS = True
 
 
 class StageOutput:

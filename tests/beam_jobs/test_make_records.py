@@ -176,12 +176,18 @@ def test_command_line_level_and_test_split(tmp_path):
     out = str(tmp_path / "records")
     common = ["make_records", f"--data_dir={lay.data_dir}", f"--output_dir={out}",
               "--runner=DirectRunner", "--max_side=128", "--num_shards=1", "--val_fraction=0.5"]
-    results = make_records.run(common + ["--level=2"])
-    # Level 2 (Car, Animal) has only car boxes among its classes: good2, car1.
     level2 = os.path.join(out, "level2")
+    # By default the dog and cat boxes are Animal boxes too, so their images join the level.
+    results = make_records.run(common + ["--level=2"])
     ids = set(read_records(level2, "train")) | set(read_records(level2, "val"))
-    assert ids == {"good2", "car1"}
-    assert results["level2"]["splits"]
+    assert ids == {"good2", "car1"} | set(fx.GOOD)
+    assert results["level2"]["boxes_to_ancestors"]["copied_to"] == {fx.DOG: fx.ANIMAL,
+                                                                    fx.CAT: fx.ANIMAL}
+    # Without the copies, level 2 has only car boxes among its own classes: good2, car1.
+    results = make_records.run(common + ["--level=2", "--noboxes_to_ancestors"])
+    assert set(read_records(level2, "train")) | set(read_records(level2, "val")) == {
+        "good2", "car1"}
+    assert results["level2"]["splits"] and "boxes_to_ancestors" not in results["level2"]
     results = make_records.run(common + ["--split=test"])
     test_ids = set(read_records(os.path.join(out, "test"), "test"))
     assert test_ids == {"test1", "test2"}

@@ -55,12 +55,20 @@ def test_related_classes(data):
 
 def test_val_ground_truth_includes_descendants(data):
     boxes, labels, reports, tree = data
-    plan = plan_level(boxes, labels, fx.SPEC.level(2), tree, PlanConfig(val_fraction=1.0),
-                      reports)
+    config = PlanConfig(val_fraction=1.0, boxes_to_ancestors=False)
+    plan = plan_level(boxes, labels, fx.SPEC.level(2), tree, config, reports)
     # Level 2 holds Animal: dog boxes on its images are Animal boxes after expansion.
     assert set(plan.val_boxes["ImageID"].astype(str)) == {"good2", "car1"}
     assert set(plan.val_boxes["LabelName"].astype(str)) == {fx.DOG, fx.CAR}
     assert set(plan.val_labels["ImageID"].astype(str)) == {"good2", "car1"}
+    # With the copies (the default) every dog or cat image joins the level (the unreadable
+    # ones are left out later, when the images are read), and its
+    # ground truth keeps the official Dog and Cat rows: no Animal row is written.
+    plan = plan_level(boxes, labels, fx.SPEC.level(2), tree, PlanConfig(val_fraction=1.0),
+                      reports)
+    assert set(plan.val_boxes["ImageID"].astype(str)) == {
+        "car1", *fx.GOOD, "corrupt1", "trunc1", "missing1"}
+    assert set(plan.val_boxes["LabelName"].astype(str)) == {fx.DOG, fx.CAT, fx.CAR}
 
 
 def test_repeat_factor():
