@@ -86,6 +86,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from oid.machine import cpu_model  # noqa: E402
+
 MAX_BOXES = 100  # the pipeline's max_boxes
 SIDES = {"ours": "ours", "keras_hub": "keras-hub"}
 # (backbone, image_max_side) of r50.flags, r101.flags and r152.flags; FLOPs on their canvases.
@@ -525,17 +527,6 @@ def main() -> None:
     if args.model == "resnet50" and keras_hub_version is None:
         sys.exit(2)
 
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else the platform's processor."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 if __name__ == "__main__":
     main()

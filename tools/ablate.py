@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -41,6 +40,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from oid.machine import cpu_model  # noqa: E402
 
 RATE = re.compile(r"step (\d+)/\d+ .*?([\d.]+) images/s")
 
@@ -191,17 +192,6 @@ def run(cmd: list[str], log_path: str) -> tuple[float, str]:
         sys.exit(f"{tail}\nthe command above failed with exit status {code}; full log: "
                  f"{log_path}")
     return time.perf_counter() - start, text
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train_and_eval(args, data: dict, variant: str, flags: list[str], seed: int,
