@@ -67,3 +67,11 @@ if "TEST_SRCDIR" not in os.environ:
 def openimages_dir() -> pathlib.Path:
     """The real Open Images label files (CC BY 4.0) kept in third_party/openimages/."""
     return OPENIMAGES
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `runs_first` go to the front of the run. `make test`'s two workers
+    (pytest-xdist's load scheduling) take tests in collection order, so the longest test then
+    starts at once on one worker while the other works through the rest; left in file order it
+    would start late and run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("runs_first") is None)  # stable

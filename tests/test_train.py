@@ -17,7 +17,9 @@ from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("norm,jit", [("group", False), ("batch", False), ("group", True)])
+# GroupNorm without XLA is the path of both others minus one feature each (synchronized
+# BatchNorm, XLA), so it has no case of its own.
+@pytest.mark.parametrize("norm,jit", [("batch", False), ("group", True)])
 def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm, jit):
     # BatchNorm (small backbone and heads) must see the global batch's statistics on every
     # replica, or two devices of 2 images would normalize differently from one device of 4.
