@@ -62,8 +62,8 @@ def test_val_ground_truth_includes_descendants(data):
     assert set(plan.val_boxes["LabelName"].astype(str)) == {fx.DOG, fx.CAR}
     assert set(plan.val_labels["ImageID"].astype(str)) == {"good2", "car1"}
     # With the copies (the default) every dog or cat image joins the level (the unreadable
-    # ones are left out later, when the images are read), and its
-    # ground truth keeps the official Dog and Cat rows: no Animal row is written.
+    # ones are left out later, when the images are read), and its ground truth keeps the
+    # official Dog and Cat rows: no Animal row is written.
     plan = plan_level(boxes, labels, fx.SPEC.level(2), tree, PlanConfig(val_fraction=1.0),
                       reports)
     assert set(plan.val_boxes["ImageID"].astype(str)) == {
