@@ -4,11 +4,11 @@ end to end (slow)."""
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from tests import prewarmed
 from tests.train_fixtures import ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,9 +89,9 @@ def test_bad_arguments_name_the_flag(tmp_path):
                           (["--seeds", "a"], "--seeds=a"),
                           (["--variant", "a=", "--variant", "a=--x=1"], "share a name"),
                           (["--demo_out", str(tmp_path / "none")], "--demo_out=")):
-        out = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "ablate.py"),
-                              "--out", str(tmp_path / "out"), *argv],
-                             capture_output=True, text=True, env=ENV, timeout=120)
+        out = prewarmed.run([sys.executable, os.path.join(ROOT, "tools", "ablate.py"),
+                             "--out", str(tmp_path / "out"), *argv],
+                            capture_output=True, text=True, env=ENV, timeout=120)
         assert out.returncode != 0 and message in out.stderr, (argv, out.stderr)
 
 
@@ -111,7 +111,7 @@ def test_tiny_ablation_end_to_end(tmp_path):
            "--variant", "atss=--assigner=atss,--box_loss=giou", "--seeds", "0",
            "--epochs", "1", "--steps", "2", "--json", str(tmp_path / "a.json"),
            "--markdown", str(tmp_path / "a.md")]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=1500)
+    out = prewarmed.run(cmd, capture_output=True, text=True, env=ENV, timeout=1500)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads((tmp_path / "a.json").read_text())
     assert result["levels"] == [1, 2] and result["seeds"] == [0]
@@ -126,6 +126,6 @@ def test_tiny_ablation_end_to_end(tmp_path):
     config = json.loads((tmp_path / "out" / "runs" / "atss" / "seed0" / "level1" / "model"
                          / "config.json").read_text())
     assert config["labeler"]["assigner"] == "atss" and config["train"]["epochs"] == 1
-    again = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    again = prewarmed.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done before") == 2 and "train.py" not in again.stdout

@@ -9,6 +9,7 @@ import os
 from oid import demo_data
 from oid.progress import Progress
 from oid.split import is_val
+from tests import prewarmed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,7 +103,6 @@ def test_stage_output_sends_the_bar_to_the_terminal_and_every_other_line_to_the_
 def test_records_commands_turn_boxes_to_ancestors_on_and_off(tmp_path):
     """The demo's records commands, run on a few images with and without the flag."""
     import json
-    import subprocess
     import sys
 
     from oid.levels import Level, LevelSpec
@@ -121,8 +121,8 @@ def test_records_commands_turn_boxes_to_ancestors_on_and_off(tmp_path):
                                                      str(records), on, "--num_shards=1")
         assert f"--boxes_to_ancestors={str(on).lower()}" in levels_cmd
         assert levels_cmd[-1] == "--num_shards=1" and "--split" in test_cmd
-        done = subprocess.run(levels_cmd + ["--direct_num_workers=1"], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True, timeout=300)
+        done = prewarmed.run(levels_cmd + ["--direct_num_workers=1"], cwd=ROOT, env=ENV,
+                             capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
         with open(records / "level1" / "stats.json") as f:
             stats = json.load(f)

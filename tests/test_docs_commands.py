@@ -29,11 +29,11 @@ import pathlib
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 
 import pytest
 
+from tests import prewarmed
 from tests.train_fixtures import ENV, REPO
 
 pytestmark = [
@@ -146,7 +146,7 @@ def adapt(command: str, tmp: pathlib.Path) -> list[str]:
 @pytest.fixture(scope="module")
 def demo_tree(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("docs")
-    result = subprocess.run(
+    result = prewarmed.run(
         [sys.executable, "tools/demo.py", "--out", str(tmp / "demo_out"), "--images", "40",
          "--visualize", "1", "--train_args", " ".join(SHORT_TRAINING)],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
@@ -180,8 +180,8 @@ def test_every_documented_command_runs_on_the_demo_data(demo_tree):
             continue
         if argv[0] == "make":
             argv = ["make", "-s", *argv[1:]]
-        result = subprocess.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True,
-                                timeout=900)
+        result = prewarmed.run(argv, cwd=REPO, env=ENV, capture_output=True, text=True,
+                               timeout=900)
         ran += 1
         if result.returncode != 0:
             failures.append(f"{command}\n  -> {' '.join(argv)}\n  exit {result.returncode}: "

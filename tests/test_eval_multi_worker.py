@@ -2,11 +2,11 @@
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from tests import prewarmed
 from tests.inference_fixtures import (
     LABELS,
     red_scene,
@@ -39,8 +39,8 @@ def test_eval_on_two_workers_equals_one_process(tmp_path):
             for i in range(2)]
     stderrs = run_workers([args + [f"--output_dir={tmp_path / 'two'}"]] * 2, envs, str(tmp_path))
     assert all("eval: 9/9 images (100%)" in err for err in stderrs)
-    single = subprocess.run(args + [f"--output_dir={tmp_path / 'one'}", "--strategy=one_device"],
-                            env=ENV, capture_output=True, text=True, timeout=300)
+    single = prewarmed.run(args + [f"--output_dir={tmp_path / 'one'}", "--strategy=one_device"],
+                           env=ENV, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from oid.levels import Level, LevelSpec
+from tests import prewarmed
 from tests.inference_fixtures import (
     LABELS,
     LEVEL2_LABELS,
@@ -57,7 +57,7 @@ def _score_with_oid_metric(world, predictions) -> dict:
 
     layout = DataLayout(str(world / "data"))
     level = world / "records" / "level1"
-    scored = subprocess.run(
+    scored = prewarmed.run(
         [sys.executable, "-m", "oid.metric", f"--boxes={level / 'val-bbox.csv'}",
          f"--labels={level / 'val-image-labels.csv'}", f"--classes={layout.classes}",
          f"--hierarchy={layout.hierarchy}", f"--predictions={predictions}"],
@@ -94,8 +94,8 @@ def test_eval_gives_the_same_metrics_at_batch_1_and_8_and_on_two_replicas(world,
                             "--predictions_csv={tmp_path}/" + name + ".csv.gz", *extra])
             ev.main([])
     """)
-    out = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=REPO, capture_output=True,
-                         text=True, timeout=600)
+    out = prewarmed.run([sys.executable, "-c", script], env=ENV, cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     metrics = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in runs}
     assert metrics["two_replicas"]["replicas"] == 2 and metrics["batch1"]["replicas"] == 1
@@ -123,28 +123,28 @@ def test_eval_gives_the_same_metrics_at_batch_1_and_8_and_on_two_replicas(world,
 
 @pytest.mark.slow
 def test_eval_refuses_a_model_of_another_level(world, tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), *_eval_args(world),
-                          "--level=1", f"--model_dir={world / 'runs' / 'level2'}",
-                          f"--output_dir={tmp_path}", "--strategy=one_device"],
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = prewarmed.run([sys.executable, os.path.join(REPO, "eval.py"), *_eval_args(world),
+                         "--level=1", f"--model_dir={world / 'runs' / 'level2'}",
+                         f"--output_dir={tmp_path}", "--strategy=one_device"],
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert f"error: {world / 'runs' / 'level2'} was trained for level 2, not level 1" in out.stderr
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_eval_refuses_an_unknown_flag_on_the_command_line(tmp_path):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--records_dir=x",
-                          "--model_dir=y", "--batchsize=4"],
-                         env=ENV, capture_output=True, text=True, timeout=120)
+    out = prewarmed.run([sys.executable, os.path.join(REPO, "eval.py"), "--records_dir=x",
+                         "--model_dir=y", "--batchsize=4"],
+                        env=ENV, capture_output=True, text=True, timeout=120)
     assert out.returncode != 0
     assert "error: unknown flag '--batchsize=4'" in out.stderr
 
 
 def _predict(world, *extra):
-    return subprocess.run([sys.executable, os.path.join(REPO, "predict.py"),
-                           f"--data_dir={world / 'data'}", "--score_threshold=0.5",
-                           "--strategy=one_device", "--log_every_seconds=0", *extra],
-                          env=ENV, capture_output=True, text=True, timeout=600)
+    return prewarmed.run([sys.executable, os.path.join(REPO, "predict.py"),
+                          f"--data_dir={world / 'data'}", "--score_threshold=0.5",
+                          "--strategy=one_device", "--log_every_seconds=0", *extra],
+                         env=ENV, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from oid.detection_cache import model_caches
 from oid.hierarchy import load_hierarchy
 from oid.layout import DataLayout
 from oid.metric import evaluate_files
+from tests import prewarmed
 from tests.inference_fixtures import (
     LABELS,
     LEVEL2_LABELS,
@@ -62,8 +63,8 @@ def _argv(world, runs, output, *extra):
 
 
 def _predict(world, runs, output, *extra):
-    out = subprocess.run(_argv(world, runs, output, *extra), env=ENV, capture_output=True,
-                         text=True, timeout=600)
+    out = prewarmed.run(_argv(world, runs, output, *extra), env=ENV, capture_output=True,
+                        text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stderr
 
@@ -87,8 +88,8 @@ def _kill_when(world, runs, output, marker: str) -> str:
 
 
 def _combine(*args):
-    out = subprocess.run([sys.executable, "-m", "oid.combine", *args], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=300)
+    out = prewarmed.run([sys.executable, "-m", "oid.combine", *args], env=ENV, cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stderr
 
@@ -190,8 +191,8 @@ def test_the_bar_counts_cached_and_inferred_images_to_the_same_bytes(world, one_
     for model in model_caches(str(cache)):
         os.remove(model.chunk_path(3))
     output = tmp_path / "sub.csv.gz"
-    out = subprocess.run(_argv(world, world / "runs", output, f"--cache_dir={cache}",
-                               "--progress=bar"), env=ENV, capture_output=True, timeout=600)
+    out = prewarmed.run(_argv(world, world / "runs", output, f"--cache_dir={cache}",
+                              "--progress=bar"), env=ENV, capture_output=True, timeout=600)
     stderr = out.stderr.decode()
     assert out.returncode == 0, stderr[-4000:]
     assert output.read_bytes() == reference.read_bytes()

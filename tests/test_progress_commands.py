@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 
+from tests import prewarmed
 from tests.inference_fixtures import (
     LABELS,
     red_scene,
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     """The command's output as str with its carriage returns kept (text=True would turn
     them into newlines)."""
-    out = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, timeout=600)
+    out = prewarmed.run(cmd, env=ENV, cwd=REPO, capture_output=True, timeout=600)
     return subprocess.CompletedProcess(cmd, out.returncode, out.stdout.decode(),
                                        out.stderr.decode())
 

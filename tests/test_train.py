@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import prewarmed
 from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 
 
@@ -92,8 +93,8 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm, jit):
         print("OK", float(l1["loss"]), len(g1))
     """).replace("NORM_ARGS", norm_args).replace("NORM", repr(norm)) \
         .replace("JIT", repr(jit))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=ENV, cwd=REPO, timeout=600)
+    out = prewarmed.run([sys.executable, "-c", script], capture_output=True, text=True,
+                        env=ENV, cwd=REPO, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stdout.startswith("OK")
 
@@ -120,7 +121,7 @@ def test_kill_9_then_restart_resumes_and_exports(tmp_path):
 
     saved = int(tf.train.latest_checkpoint(ckpt_dir).rsplit("-", 1)[1])
     assert 5 <= saved < 60
-    out = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    out = prewarmed.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"resumed from {ckpt_dir}/ckpt-{saved} at step {saved}" in out.stderr
     first_logged = [int(line.split("step ")[1].split("/")[0]) for line in out.stderr.splitlines()
@@ -143,8 +144,8 @@ def test_kill_9_then_restart_resumes_and_exports(tmp_path):
 
 
 def test_missing_records_is_a_clear_error(tmp_path):
-    out = subprocess.run(train_cmd(str(tmp_path), str(tmp_path / "run")), env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    out = prewarmed.run(train_cmd(str(tmp_path), str(tmp_path / "run")), env=ENV,
+                        capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "labels.json not found: run beam_jobs/make_records.py" in out.stderr
 
@@ -152,16 +153,16 @@ def test_missing_records_is_a_clear_error(tmp_path):
 def test_resuming_with_another_model_is_refused_and_keeps_the_config(tmp_path):
     make_records(str(tmp_path / "records" / "level1"))
     run = tmp_path / "run"
-    first = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
-                                     "--steps_per_epoch=1", "--export=false"),
-                           env=ENV, capture_output=True, text=True, timeout=300)
+    first = prewarmed.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                    "--steps_per_epoch=1", "--export=false"),
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
     saved = (run / "config.json").read_text()
     # Same model_dir, but BatchNorm heads: the checkpoint has no moving statistics for them.
-    again = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=2",
-                                     "--steps_per_epoch=1", "--export=false",
-                                     "--head_norm=batch"),
-                           env=ENV, capture_output=True, text=True, timeout=300)
+    again = prewarmed.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=2",
+                                    "--steps_per_epoch=1", "--export=false",
+                                    "--head_norm=batch"),
+                          env=ENV, capture_output=True, text=True, timeout=300)
     assert again.returncode != 0
     assert "ckpt-1 does not fit this model" in again.stderr
     assert "train in a new --model_dir" in again.stderr
@@ -170,16 +171,16 @@ def test_resuming_with_another_model_is_refused_and_keeps_the_config(tmp_path):
 
 def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
     make_records(str(tmp_path / "records" / "level1"))
-    bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
-                                   "--positive_iou=0.3", "--negative_iou=0.4"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    bad = prewarmed.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
+                                  "--positive_iou=0.3", "--negative_iou=0.4"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
     assert "need 0 < --negative_iou <= --positive_iou <= 1, got 0.4 and 0.3" in bad.stderr
     run = tmp_path / "run"
-    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
-                                   "--steps_per_epoch=1", "--export=false",
-                                   "--positive_iou=0.45", "--negative_iou=0.35"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = prewarmed.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                  "--steps_per_epoch=1", "--export=false",
+                                  "--positive_iou=0.45", "--negative_iou=0.35"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     labeler = json.loads((run / "config.json").read_text())["labeler"]
     assert (labeler["positive_iou"], labeler["negative_iou"]) == (0.45, 0.35)
@@ -187,18 +188,18 @@ def test_labeler_thresholds_are_checked_and_recorded(tmp_path):
 
 def test_anchor_width_and_jit_flags_are_checked_and_recorded(tmp_path):
     make_records(str(tmp_path / "records" / "level1"))
-    bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
-                                   "--anchor_scales=0,1"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    bad = prewarmed.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
+                                  "--anchor_scales=0,1"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "--anchor_scales/--box_variances: anchor scales must be positive numbers, got " \
         "(0.0, 1.0)" in bad.stderr
     run = tmp_path / "run"
-    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
-                                   "--steps_per_epoch=2", "--export=false",
-                                   "--anchor_ratios=1", "--anchor_scales=0.5,1",
-                                   "--backbone_width=0.5", "--jit_compile"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = prewarmed.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                  "--steps_per_epoch=2", "--export=false",
+                                  "--anchor_ratios=1", "--anchor_scales=0.5,1",
+                                  "--backbone_width=0.5", "--jit_compile"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["anchors"]["ratios"] == [1.0]
@@ -249,8 +250,8 @@ def test_export_in_a_fresh_process_matches_keras(tmp_path):
         out = served(encoded=tf.constant([open({png!r}, "rb").read()]))
         np.savez({str(tmp_path / "out.npz")!r}, **{{k: v.numpy() for k, v in out.items()}})
     """)
-    run = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
-                         timeout=300)
+    run = prewarmed.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True,
+                        timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     got = np.load(tmp_path / "out.npz", allow_pickle=True)  # mids are byte strings
     n = int(expected["num_detections"][0])

@@ -2,10 +2,10 @@
 
 import json
 import os
-import subprocess
 
 import pytest
 
+from tests import prewarmed
 from tests.inference_fixtures import red_scene, write_label_files, write_level
 from tests.train_fixtures import ENV, train_cmd
 
@@ -22,11 +22,11 @@ def test_eval_every_epoch_writes_metrics_and_tensorboard(tmp_path):
     write_level(level_dir, LABELS, dict(list(scenes.items())[4:]), split="val")
     write_label_files(tmp_path / "data")
     model_dir = tmp_path / "run"
-    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(model_dir), "--epochs=2",
-                                   "--steps_per_epoch=2", "--eval_every_epochs=1",
-                                   f"--eval_data_dir={tmp_path / 'data'}",
-                                   "--keep_checkpoints=1"),
-                         env=ENV, capture_output=True, text=True, timeout=600)
+    out = prewarmed.run(train_cmd(str(tmp_path / "records"), str(model_dir), "--epochs=2",
+                                  "--steps_per_epoch=2", "--eval_every_epochs=1",
+                                  f"--eval_data_dir={tmp_path / 'data'}",
+                                  "--keep_checkpoints=1"),
+                        env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     for epoch in (1, 2):
         metrics = json.loads((model_dir / "eval" / f"epoch-{epoch}" / "metrics.json").read_text())
@@ -54,9 +54,9 @@ def test_eval_every_epoch_writes_metrics_and_tensorboard(tmp_path):
 
 def test_eval_every_epochs_needs_the_label_files(tmp_path):
     write_level(tmp_path / "records" / "level1", LABELS, {"a": red_scene(0)}, split="train")
-    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "run"),
-                                   "--eval_every_epochs=1"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = prewarmed.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "run"),
+                                  "--eval_every_epochs=1"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "--eval_every_epochs needs --eval_data_dir" in out.stderr
     assert not os.path.exists(tmp_path / "run" / "checkpoints")

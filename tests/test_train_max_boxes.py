@@ -4,12 +4,12 @@ and the images that lose them named, in the training log."""
 import io
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests import prewarmed
 from tests.train_fixtures import ENV, train_cmd
 
 # ImageID -> boxes: two images with 3 boxes, four with 1.
@@ -50,9 +50,9 @@ def records(tmp_path_factory):
 
 def train(records, run, *extra):
     # One step of 2 images; a shuffle buffer of 1 keeps the file's order: many0, many1 first.
-    out = subprocess.run(train_cmd(str(records), str(run), "--epochs=1", "--steps_per_epoch=1",
-                                   "--export=false", "--shuffle_buffer=1", *extra),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    out = prewarmed.run(train_cmd(str(records), str(run), "--epochs=1", "--steps_per_epoch=1",
+                                  "--export=false", "--shuffle_buffer=1", *extra),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stderr, json.loads((run / "config.json").read_text())
 

@@ -3,12 +3,12 @@ tf.data, GIoU and quality focal losses, a P2 pyramid level and weight averaging;
 directory and its export give the same detections (the decoder follows config.json)."""
 
 import json
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests import prewarmed
 from tests.train_fixtures import ENV, make_records, train_cmd
 
 pytestmark = pytest.mark.slow
@@ -26,17 +26,17 @@ def test_options_train_export_and_reload_alike(tmp_path):
     from tfrecords.inference_input import ImageFolderSource
 
     make_records(str(tmp_path / "records" / "level1"))
-    bad = subprocess.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
-                                   "--min_level=2"),
-                         env=ENV, capture_output=True, text=True, timeout=300)
+    bad = prewarmed.run(train_cmd(str(tmp_path / "records"), str(tmp_path / "bad"),
+                                  "--min_level=2"),
+                        env=ENV, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2
     assert "--min_level/--max_level/--anchor_sizes" in bad.stderr
     assert "5 sizes for levels 2-7: give one size per level (6)" in bad.stderr
 
     run = tmp_path / "run"
-    out = subprocess.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
-                                   "--steps_per_epoch=2", *OPTIONS),
-                         env=ENV, capture_output=True, text=True, timeout=600)
+    out = prewarmed.run(train_cmd(str(tmp_path / "records"), str(run), "--epochs=1",
+                                  "--steps_per_epoch=2", *OPTIONS),
+                        env=ENV, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["anchors"]["min_level"] == 2

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from engine.export import PARTIAL, write_then_rename
+from tests import prewarmed
 from tests.refusals import assert_refused
 from tests.train_fixtures import ENV, REPO, make_records, train_cmd
 from tfrecords.proto import write_tfrecord
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    return prewarmed.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
 @pytest.fixture(scope="module")

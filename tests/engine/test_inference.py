@@ -4,7 +4,6 @@ same detections for any batch size and replica count."""
 import io
 import json
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -21,6 +20,7 @@ from engine.inference import (
     load_detector,
 )
 from model.config import PostprocessConfig
+from tests import prewarmed
 from tests.inference_fixtures import (
     LABELS,
     MAX_SIDE,
@@ -263,8 +263,8 @@ def test_same_detections_for_batch_1_and_8_and_two_replicas(tmp_path):
                 assert len(rows) == len(results[f"{{name}}{{batch}}"]) == 11
         json.dump(results, open({str(tmp_path / "out.json")!r}, "w"))
     """)
-    run = subprocess.run([sys.executable, "-c", script], env=ENV, cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    run = prewarmed.run([sys.executable, "-c", script], env=ENV, cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     results = json.loads((tmp_path / "out.json").read_text())
     reference = results.pop("one1")
