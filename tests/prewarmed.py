@@ -173,10 +173,9 @@ def run(args: list[str], *, env: dict | None = None, cwd: str | os.PathLike | No
     from tests.train_fixtures import ENV
 
     args = [os.fspath(a) for a in args]
-    if not (enabled() and capture_output and env == ENV and len(args) > 1
-            and args[0] == sys.executable and not args[1].startswith("-")
-            or enabled() and capture_output and env == ENV and len(args) > 2
-            and args[0] == sys.executable and args[1] in ("-m", "-c")):
+    python_command = len(args) > 1 and args[0] == sys.executable and (
+        not args[1].startswith("-") or (args[1] in ("-m", "-c") and len(args) > 2))
+    if not (enabled() and capture_output and env == ENV and python_command):
         return subprocess.run(args, env=env, cwd=cwd, capture_output=capture_output, text=text,
                               timeout=timeout, check=check)
     if _SERVER is None or _SERVER.process.poll() is not None:
