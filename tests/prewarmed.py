@@ -113,6 +113,7 @@ def _child(request: dict, reply_fd: int) -> None:
 class _Server:
     def __init__(self, env: dict) -> None:
         self.env = env
+        self._pending = b""
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from tests.prewarmed import _server; _server()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
@@ -121,13 +122,20 @@ class _Server:
             raise RuntimeError("tests/prewarmed.py: the server did not start")
 
     def _read(self, timeout: float | None) -> str:
-        ready, _, _ = select.select([self.process.stdout], [], [], timeout)
-        if not ready:
-            raise TimeoutError
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("tests/prewarmed.py: the server exited "
-                               f"(code {self.process.poll()})")
+        """The server's next reply line. The pipe is read with os.read into our own buffer:
+        a buffered readline could swallow the next reply too (the pid and the exit code of a
+        quick command arrive together) and select() would then wait on an empty pipe."""
+        fd = self.process.stdout.fileno()
+        while b"\n" not in self._pending:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise RuntimeError("tests/prewarmed.py: the server exited "
+                                   f"(code {self.process.poll()})")
+            self._pending += chunk
+        line, self._pending = self._pending.split(b"\n", 1)
         return line.decode()
 
     def run(self, argv: list[str], cwd: str, timeout: float | None
