@@ -111,9 +111,11 @@ def command_key(argv: list[str]) -> tuple[str, ...]:
 
 
 def demo_commands(stdout: str) -> set[tuple[str, ...]]:
-    """The commands tools/demo.py ran (it prints each as `$ command`), as command_key()s."""
-    return {command_key(shlex.split(line[2:])) for line in stdout.splitlines()
-            if line.startswith("$ ")}
+    """The commands tools/demo.py ran (it prints each as `$ command`), as command_key()s.
+    Under tests/prewarmed.py its interpreter is the server's launcher: read as sys.executable."""
+    launcher = prewarmed.launcher()
+    return {command_key([sys.executable if w == launcher else w for w in shlex.split(line[2:])])
+            for line in stdout.splitlines() if line.startswith("$ ")}
 
 
 def _skip_reason(command: str) -> str | None:
