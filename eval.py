@@ -26,7 +26,7 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
-from engine import cli
+from engine import cli, malloc
 from engine.evaluation import LevelEvaluation, format_result, label_files, write_results
 from engine.inference import Detector, Inference, load_detector
 from engine.run_dir import is_saved_model, latest_checkpoint, read_json
@@ -166,6 +166,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
+    malloc.tune()  # before the first step: engine/malloc.py
     # -- the level: labels, ground truth, records -----------------------------------------
     level = RecordsLayout(FLAGS.records_dir).level(FLAGS.level)
     labels, total = read_level(level)

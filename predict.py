@@ -30,7 +30,7 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
-from engine import cli
+from engine import cli, malloc
 from engine.evaluation import label_files
 from engine.inference import Detector, load_detector
 from engine.prediction import (
@@ -232,6 +232,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
+    malloc.tune()  # before the first step: engine/malloc.py
     # -- flags -> inputs ----------------------------------------------------------------------
     if bool(FLAGS.images) == bool(FLAGS.records):
         cli.refuse("pass exactly one of --images DIR and --records PATTERN")

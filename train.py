@@ -27,7 +27,7 @@ from absl import app, flags
 
 from boxes.anchors import AnchorConfig
 from boxes.assign import ASSIGNERS, LabelerConfig
-from engine import cli
+from engine import cli, malloc
 from engine.evaluation import LevelResult, training_callback
 from engine.export import export_run, export_saved_model
 from engine.run_dir import (
@@ -433,6 +433,7 @@ def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         force=True)
+    malloc.tune()  # before the first step: engine/malloc.py
     # -- configuration -------------------------------------------------------------------
     check_paths()
     run = resolve_config(*read_level())

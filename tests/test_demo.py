@@ -120,6 +120,8 @@ def test_records_commands_turn_boxes_to_ancestors_on_and_off(tmp_path):
         levels_cmd, test_cmd = demo.records_commands(sys.executable, str(data), str(spec),
                                                      str(records), on, "--num_shards=1")
         assert f"--boxes_to_ancestors={str(on).lower()}" in levels_cmd
+        # The demo's repeat threshold, shown in the command (demo.REPEAT_THRESHOLD).
+        assert levels_cmd[levels_cmd.index("--repeat_threshold") + 1] == "0.3"
         assert levels_cmd[-1] == "--num_shards=1" and "--split" in test_cmd
         done = prewarmed.run(levels_cmd + ["--direct_num_workers=1"], cwd=ROOT, env=ENV,
                              capture_output=True, text=True, timeout=300)
@@ -127,6 +129,7 @@ def test_records_commands_turn_boxes_to_ancestors_on_and_off(tmp_path):
         with open(records / "level1" / "stats.json") as f:
             stats = json.load(f)
         added[on] = stats.get("boxes_to_ancestors")
+        assert stats["repeat_factor"]["threshold"] == 0.3
         symbol_boxes = sum(s["boxes_per_class"].get(demo_data.SYMBOL, 0)
                            for s in stats["splits"].values())
         # Off: Symbol has no box. On: every Star box is a Symbol box (Cross keeps its own).

@@ -15,7 +15,8 @@ the bar to the terminal, every other line to the log file); elsewhere, as in CI,
 files hold the usual lines.
 
   python tools/demo.py [--out demo_out] [--seed 0] [--images 600] [--flagfile demo.flags]
-      [--boxes_to_ancestors | --no-boxes_to_ancestors] [--records_args '...'] [--train_args '...']
+      [--boxes_to_ancestors | --no-boxes_to_ancestors] [--repeat_threshold 0.3]
+      [--records_args '...'] [--train_args '...']
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ MAX_SIDE = 320
 # make_records.py --boxes_to_ancestors unless --no-boxes_to_ancestors (or the reverse): the
 # records job's own default, so that the demo shows what a user gets.
 BOXES_TO_ANCESTORS = True
+# make_records.py --repeat_threshold for the levels: LVIS's 0.001, the job's default, is for
+# hundreds of classes over 1.7M images, and on the demo's 600 images it repeats nothing. At
+# 0.3 the rarer classes' images repeat (about a third of level 1's training images, factor up
+# to 1.4), which demo.flags' --repeat_factor_sampling reads (docs/training-recipes.md).
+REPEAT_THRESHOLD = 0.3
 
 
 class StageOutput:
@@ -144,16 +150,19 @@ def write_validation_set(data_dir: str, out_dir: str) -> tuple[int, str, str]:
 
 def records_commands(py: str, data: str, levels_spec: str, records: str,
                      boxes_to_ancestors: bool = BOXES_TO_ANCESTORS,
-                     extra: str = "") -> list[list[str]]:
+                     extra: str = "", repeat_threshold: float = REPEAT_THRESHOLD
+                     ) -> list[list[str]]:
     """The records job's commands: every level, then the test images.
 
     boxes_to_ancestors: make_records.py --boxes_to_ancestors (given either way, so that the
       command shows it). extra: more make_records.py flags for the levels, shell-quoted.
+      repeat_threshold: the levels' --repeat_threshold.
     """
     return [
         [py, "beam_jobs/make_records.py", "--data_dir", data, "--levels_spec", levels_spec,
          "--output_dir", records, "--level", "all", "--max_side", str(MAX_SIDE),
-         "--val_fraction", str(VAL_FRACTION), "--log_every", "0",
+         "--val_fraction", str(VAL_FRACTION), "--repeat_threshold", str(repeat_threshold),
+         "--log_every", "0",
          f"--boxes_to_ancestors={str(boxes_to_ancestors).lower()}", *shlex.split(extra)],
         [py, "beam_jobs/make_records.py", "--data_dir", data, "--output_dir", records,
          "--split", "test", "--max_side", str(MAX_SIDE), "--log_every", "0"],
@@ -162,7 +171,8 @@ def records_commands(py: str, data: str, levels_spec: str, records: str,
 
 def make_data(out: str, seed: int, images: int, test_split: bool = True,
               boxes_to_ancestors: bool = BOXES_TO_ANCESTORS,
-              records_args: str = "") -> dict[str, float]:
+              records_args: str = "", repeat_threshold: float = REPEAT_THRESHOLD
+              ) -> dict[str, float]:
     """The demo's data stages into OUT: the mini dataset (OUT/data), its levels
     (OUT/levels.json) and the records of every level (OUT/records; the test split's too
     unless test_split is False). Returns each stage's wall seconds. tools/ablate.py makes its
@@ -176,7 +186,8 @@ def make_data(out: str, seed: int, images: int, test_split: bool = True,
                             "--out", os.path.join(out, "levels.json"),
                             "--plot", os.path.join(out, "levels.png")])
     levels_cmd, test_cmd = records_commands(py, data, os.path.join(out, "levels.json"), records,
-                                            boxes_to_ancestors, records_args)
+                                            boxes_to_ancestors, records_args,
+                                            repeat_threshold)
     stages["records"] = run(levels_cmd)
     if test_split:
         stages["records"] += run(test_cmd)
@@ -197,9 +208,13 @@ def main(argv=None) -> int:
                         default=BOXES_TO_ANCESTORS,
                         help="make the records with make_records.py --boxes_to_ancestors (a "
                              "level's parent classes also learn their descendants' boxes)")
+    parser.add_argument("--repeat_threshold", type=float, default=REPEAT_THRESHOLD,
+                        help="make_records.py --repeat_threshold of the levels' records (LVIS "
+                             "repeat factors, which demo.flags' --repeat_factor_sampling reads; "
+                             "0: none)")
     parser.add_argument("--records_args", default="",
                         help="extra make_records.py flags for the levels' records, e.g. "
-                             "'--repeat_threshold=0.3'")
+                             "'--jpeg_quality=90'")
     args = parser.parse_args(argv)
 
     py = sys.executable
@@ -215,11 +230,13 @@ def main(argv=None) -> int:
 
     stages.update(make_data(out, args.seed, args.images,
                             boxes_to_ancestors=args.boxes_to_ancestors,
-                            records_args=args.records_args))
+                            records_args=args.records_args,
+                            repeat_threshold=args.repeat_threshold))
     with open(os.path.join(out, "levels.json")) as f:
         level_ids = [level["index"] for level in json.load(f)["levels"]]
 
     summary: dict = {"levels": {}, "boxes_to_ancestors": args.boxes_to_ancestors,
+                     "repeat_threshold": args.repeat_threshold,
                      "records_args": args.records_args, "train_args": args.train_args}
     for level in level_ids:
         model_dir = os.path.join(models, f"level{level}")
