@@ -26,6 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from engine.malloc import OFF_VARIABLE  # noqa: E402
 from oid.machine import cpu_model  # noqa: E402
 
 CONFIGS = {"ours": "engine/malloc.py's settings", "glibc": "glibc's defaults"}
@@ -35,7 +36,7 @@ _RATE = re.compile(r"step (\d+)/\d+ .*?([\d.]+) images/s")
 def run_once(args, config: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env.pop("GLIBC_TUNABLES", None)
-    env["OID_MALLOC_TUNING"] = "1" if config == "ours" else "0"
+    env[OFF_VARIABLE] = "1" if config == "ours" else "0"
     with tempfile.TemporaryDirectory(prefix="bench_malloc-") as model_dir:
         cmd = [sys.executable, "train.py", f"--flagfile={args.flagfile}",
                f"--level={args.level}", f"--records_dir={args.records_dir}",

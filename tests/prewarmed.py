@@ -277,6 +277,7 @@ def _child(request: dict, fds: list[int], launcher: str) -> None:
 
 class _Server:
     def __init__(self, env: dict) -> None:
+        self.env = env
         # A Unix socket's path has at most 107 bytes: a long TMPDIR gives way to /tmp.
         short = len(tempfile.gettempdir()) > 60 and os.path.isdir("/tmp")
         self.directory = tempfile.mkdtemp(prefix="prewarmed-", dir="/tmp" if short else None)
@@ -325,12 +326,6 @@ class _Server:
         if timed_out:
             raise subprocess.TimeoutExpired(["python", *argv], timeout, stdout, stderr)
         return code, stdout, stderr
-
-    @property
-    def env(self) -> dict:
-        from tests.train_fixtures import ENV
-
-        return ENV
 
     def close(self) -> None:
         self.process.stdin.close()  # the server reaps what it started, then exits
