@@ -144,6 +144,9 @@ flags.DEFINE_enum("assigner", _LABELER.assigner, list(ASSIGNERS),
                   "IoU threshold from its nearest anchors; docs/training-recipes.md).")
 flags.DEFINE_integer("atss_top_k", _LABELER.atss_top_k,
                      "ATSS: candidate anchors per pyramid level and box.")
+flags.DEFINE_float("atss_ignore_iou", _LABELER.atss_ignore_iou,
+                   "ATSS: anchors that are not positive but overlap a box by at least this IoU "
+                   "are ignored instead of background (0: none, the paper's rule).")
 # Optimization.
 flags.DEFINE_integer("global_batch_size", _INPUT["global_batch_size"],
                      "Images per step over all replicas.")
@@ -203,7 +206,7 @@ for _name, _low in (("level", 0), ("image_min_side", 1), ("image_max_side", 1), 
     cli.bound(_name, low=_low)
 for _name in ("learning_rate", "backbone_width", "box_delta"):
     cli.bound(_name, above=0)
-for _name in ("focal_alpha", "positive_iou", "negative_iou"):
+for _name in ("focal_alpha", "positive_iou", "negative_iou", "atss_ignore_iou"):
     cli.bound(_name, low=0, high=1)
 cli.bound("bn_momentum", low=0, high=1)
 cli.bound("min_level", low=2, high=3)
@@ -359,7 +362,8 @@ def resolve_config(level: LevelRecords, labels: list[dict]) -> RunConfig:
         log_every_steps=FLAGS.log_every_steps, label_in_pipeline=FLAGS.label_in_pipeline,
         ema_decay=FLAGS.ema_decay)
     labeler = LabelerConfig(positive_iou=FLAGS.positive_iou, negative_iou=FLAGS.negative_iou,
-                            assigner=FLAGS.assigner, atss_top_k=FLAGS.atss_top_k)
+                            assigner=FLAGS.assigner, atss_top_k=FLAGS.atss_top_k,
+                            atss_ignore_iou=FLAGS.atss_ignore_iou)
     return RunConfig(level, labels, input_config, model, loss, train, labeler)
 
 

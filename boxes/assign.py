@@ -23,8 +23,11 @@ Anchor-based and Anchor-free Detection", CVPR):
     the box; an anchor that is positive for several boxes goes to the one it overlaps most;
   * with match_low_quality, a box left without positives (one smaller than the gaps between
     anchor centres) claims its best anchor, unless that anchor is another box's positive;
-  * every other anchor is background: there is no IoU band of ignored anchors (the
-    threshold adapts per box, which is the point), only the group-of rule below.
+  * every other anchor is background (the paper has no IoU band of ignored anchors: the
+    threshold adapts per box), unless atss_ignore_iou > 0: then a non-positive anchor whose
+    best IoU with a box is at least that is ignored, as the "iou" assigner ignores its band.
+    A large object has many anchors of IoU 0.4-0.6 around its few ATSS positives; taught as
+    background they look like the object itself to the classifier.
 
 Both:
 Group-of boxes (one box around a crowd of objects of a class) are matched
@@ -59,6 +62,8 @@ class LabelerConfig:
         it has no positive ("atss").
       assigner: "iou" or "atss" (the module docstring has both rules).
       atss_top_k: ATSS candidates per pyramid level and box.
+      atss_ignore_iou: ATSS: a non-positive anchor with best IoU >= this is ignored; 0: none
+        (the paper's rule).
     """
 
     positive_iou: float = 0.5
@@ -67,6 +72,7 @@ class LabelerConfig:
     match_low_quality: bool = True
     assigner: str = "iou"
     atss_top_k: int = 9
+    atss_ignore_iou: float = 0.0
 
     def __post_init__(self):
         if self.assigner not in ASSIGNERS:
@@ -74,6 +80,8 @@ class LabelerConfig:
                              f"got {self.assigner!r}")
         if self.atss_top_k < 1:
             raise ValueError(f"atss_top_k must be at least 1, got {self.atss_top_k}")
+        if not 0.0 <= self.atss_ignore_iou <= 1.0:
+            raise ValueError(f"atss_ignore_iou must be in [0, 1], got {self.atss_ignore_iou}")
 
     @classmethod
     def from_json(cls, saved: dict) -> LabelerConfig:
@@ -140,13 +148,16 @@ def label_anchors(
         chosen = tf.where(candidate, overlaps, -1.0)
         matched = tf.argmax(chosen, axis=1, output_type=tf.int32)             # [A]
         positive = tf.reduce_any(candidate, axis=1)
-        ignore = tf.zeros_like(positive)
         if config.match_low_quality:
             has_positive = tf.reduce_any(candidate, axis=0)                    # [N]
             claimed = _claim_best_anchors(overlaps, valid & ~has_positive, num_anchors)
             claimed = tf.where(positive, -1, claimed)
             matched = tf.where(claimed >= 0, claimed, matched)
             positive |= claimed >= 0
+        if config.atss_ignore_iou > 0:
+            ignore = ~positive & (tf.reduce_max(overlaps, axis=1) >= config.atss_ignore_iou)
+        else:
+            ignore = tf.zeros_like(positive)
     else:
         best_iou = tf.reduce_max(overlaps, axis=1)                              # [A]
         matched = tf.argmax(overlaps, axis=1, output_type=tf.int32)             # [A]

@@ -14,7 +14,7 @@ from tests.train_fixtures import ENV, make_records, train_cmd
 pytestmark = pytest.mark.slow
 
 OPTIONS = ["--min_level=2", "--anchor_sizes=8,16,32,64,128,256", "--assigner=atss",
-           "--atss_top_k=5", "--box_loss=giou", "--cls_loss=quality_focal", "--ema_decay=0.9",
+           "--atss_top_k=5", "--atss_ignore_iou=0.4", "--box_loss=giou", "--cls_loss=quality_focal", "--ema_decay=0.9",
            "--label_in_pipeline"]
 
 
@@ -41,6 +41,7 @@ def test_options_train_export_and_reload_alike(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["anchors"]["min_level"] == 2
     assert (config["labeler"]["assigner"], config["labeler"]["atss_top_k"]) == ("atss", 5)
+    assert config["labeler"]["atss_ignore_iou"] == 0.4
     assert (config["loss"]["box_loss"], config["loss"]["cls_loss"]) == ("giou", "quality_focal")
     assert config["train"]["ema_decay"] == 0.9
     export_config = json.loads((run / "export" / "assets.extra" / "config.json").read_text())

@@ -92,6 +92,35 @@ def test_centre_outside_the_box_is_not_positive():
     assert cls == [1, BACKGROUND, BACKGROUND, BACKGROUND]
 
 
+def test_ignore_band_leaves_near_misses_out_of_the_background():
+    # The golden box above (y 0..10, x 9..23, top_k 2): anchor 1 is positive (IoU 0.714286);
+    # the other anchors' IoUs: anchor 0 10 / (100 + 140 - 10) = 0.043478, anchor 2 0.142857,
+    # anchor 3 0, anchor 4 0.255814, anchor 5 0.058824. A band from 0.25 ignores anchor 4,
+    # one from 0.1 anchors 2 and 4; the positive stays positive, box targets stay 0.
+    cls, box = label([[0, 9, 10, 23]], [4], atss(2, atss_ignore_iou=0.25))
+    assert cls == [BACKGROUND, 4, BACKGROUND, BACKGROUND, IGNORE, BACKGROUND]
+    assert not box[[0, 2, 3, 4, 5]].any()
+    cls, _ = label([[0, 9, 10, 23]], [4], atss(2, atss_ignore_iou=0.1))
+    assert cls == [BACKGROUND, 4, IGNORE, BACKGROUND, IGNORE, BACKGROUND]
+    # An anchor whose centre lies outside the box (x 0..4.5, IoU 0.45, test above) is no
+    # positive; from 0.4 it is ignored, at 0.5 background again.
+    config = atss(4, match_low_quality=False, atss_ignore_iou=0.4)
+    cls, _ = label([[0, 0, 10, 4.5]], [1], config, ANCHORS[:4], (4,))
+    assert cls == [IGNORE, BACKGROUND, BACKGROUND, BACKGROUND]
+    config = atss(4, match_low_quality=False, atss_ignore_iou=0.5)
+    cls, _ = label([[0, 0, 10, 4.5]], [1], config, ANCHORS[:4], (4,))
+    assert cls == [BACKGROUND] * 4
+    # No boxes: nothing to ignore. Inside tf.data, the same as eagerly.
+    cls, _ = label(np.zeros((0, 4)), [], atss(2, atss_ignore_iou=0.1))
+    assert cls == [BACKGROUND] * 6
+    fn = functools.partial(label_anchors, config=atss(2, atss_ignore_iou=0.1),
+                           level_counts=COUNTS)
+    ds = tf.data.Dataset.from_tensors(np.array([[0, 9, 10, 23]], np.float32)).map(
+        lambda b: fn(ANCHORS, b, tf.constant([4]), 1, None))
+    assert next(iter(ds))[0].numpy().tolist() == [BACKGROUND, 4, IGNORE, BACKGROUND, IGNORE,
+                                                  BACKGROUND]
+
+
 def test_anchor_positive_for_two_boxes_goes_to_the_higher_iou():
     # Level 0 only, top_k 1 (one candidate: threshold = its IoU). Box A = anchor 1 exactly
     # (IoU 1); box B x 10..22 (centre 16, nearest anchor 1): IoU 100 / 120 = 0.833. Both
@@ -134,6 +163,8 @@ def test_bad_config():
         LabelerConfig(assigner="topk")
     with pytest.raises(ValueError, match="atss_top_k"):
         LabelerConfig(assigner="atss", atss_top_k=0)
+    with pytest.raises(ValueError, match="atss_ignore_iou"):
+        LabelerConfig(assigner="atss", atss_ignore_iou=1.5)
 
 
 def _numpy_atss(anchors, boxes, counts, top_k):
