@@ -50,6 +50,10 @@ def test_mean_std_is_the_sample_std():
     assert ablate.mean_std([0.3])["std"] is None
     assert ablate.mean_std([None, 0.2])["values"] == [0.2]  # a class without ground truth
     assert ablate.fmt(s) == "0.500 ± 0.100" and ablate.fmt(ablate.mean_std([])) == "n/a"
+    # A figure over fewer seeds than the table's says how many.
+    assert ablate.fmt(s, seeds=3) == "0.500 ± 0.100"
+    assert ablate.fmt(ablate.mean_std([0.4, 0.6]), seeds=3) == "0.500 ± 0.141 (2 seeds)"
+    assert ablate.fmt(ablate.mean_std([0.3]), seeds=3) == "0.300 (1 seed)"
 
 
 def test_training_rate_leaves_out_the_first_interval():
@@ -128,4 +132,23 @@ def test_tiny_ablation_end_to_end(tmp_path):
     assert config["labeler"]["assigner"] == "atss" and config["train"]["epochs"] == 1
     again = prewarmed.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("done before") == 2 and "train.py" not in again.stdout
+    # Both levels and the merged score come back from the first call's files.
+    assert again.stdout.count("done before") == 3, again.stdout
+    assert "train.py" not in again.stdout and "predict.py" not in again.stdout
+    assert f"{run['merged_mAP']:.3f}" in again.stdout
+
+    # --report trains nothing: a variant never run is n/a, and a seed not run yet leaves the
+    # figures over one seed of the two asked, which they say.
+    report = [c for c in cmd if c not in ("--json", str(tmp_path / "a.json"))]
+    report[report.index("--seeds") + 1] = "0,1"
+    out = prewarmed.run([*report, "--variant", "never=--ema_decay=0.9", "--report"],
+                        capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "$ " not in out.stdout and "runs finished before (--report)" in out.stdout
+    table = out.stdout.split("per-class AP")[0]
+    atss_row = next(line for line in table.splitlines() if line.startswith("atss "))
+    assert f"{run['levels']['1']['mAP']:.3f} (1 seed)" in atss_row
+    assert f"{run['merged_mAP']:.3f} (1 seed)" in atss_row
+    never_row = next(line for line in table.splitlines() if line.startswith("never "))
+    assert never_row.split()[2:5] == ["n/a", "n/a", "n/a"]
+    assert not (tmp_path / "out" / "runs" / "never").exists()

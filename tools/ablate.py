@@ -17,7 +17,10 @@ trainer's log, train minutes per run) and one of per-class AP, and writes both w
 --json/--markdown. The data is the demo's: --demo_out DIR reuses DIR/data, DIR/levels.json
 and DIR/records from `make demo`; without it the data is made once under OUT/demo (as
 tools/demo.py makes it). A run whose result is already under OUT/runs (same flags) is not
-trained again, so an interrupted ablation resumes.
+trained again, nor a merged submission scored again when no level has been trained since, so
+an interrupted ablation resumes. --report trains nothing: it prints the tables of the runs
+finished so far (a long ablation can be read while it runs), each figure over fewer seeds than
+asked marked with how many.
 
 A variant is NAME=FLAGS: FLAGS are train.py flags separated by commas or spaces before each
 `--` (a comma inside a value stays: --anchor_sizes=8,16,32,64,128,256), or empty for the
@@ -90,12 +93,16 @@ def mean_std(values: list[float]) -> dict:
             else None, "n": len(vals), "values": vals}
 
 
-def fmt(stat: dict | None, digits: int = 3) -> str:
+def fmt(stat: dict | None, digits: int = 3, seeds: int = 0) -> str:
+    """mean ± std; with `seeds` (how many the table is over), a figure over fewer says so:
+    "0.460 (1 seed)"."""
     if not stat or stat["mean"] is None:
         return "n/a"
-    if stat["std"] is None:
-        return f"{stat['mean']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    text = f"{stat['mean']:.{digits}f}" if stat["std"] is None else \
+        f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    if stat["n"] < seeds:
+        text += f" ({stat['n']} seed{'s' if stat['n'] > 1 else ''})"
+    return text
 
 
 def training_rate(log_text: str) -> float | None:
@@ -135,16 +142,18 @@ def summarize(results: dict, variants: list[str], levels: list[int]) -> dict:
 
 
 def tables(summary: dict, variants: dict[str, list[str]], levels: list[int],
-           markdown: bool = False) -> str:
-    """The variant table and the per-class AP table, as text or Markdown."""
+           markdown: bool = False, seeds: int = 0) -> str:
+    """The variant table and the per-class AP table, as text or Markdown. `seeds`: how many
+    seeds the ablation asked for; a figure over fewer says over how many."""
     head = ["variant", "flags"] + [f"level {lv} mAP" for lv in levels] + \
         ["merged mAP", "train img/s", "train min/run"]
     rows = []
     for v, flags in variants.items():
         s = summary[v]
         rows.append([v, " ".join(flags) or "(flagfile)"]
-                    + [fmt(s["levels"][str(lv)]) for lv in levels]
-                    + [fmt(s["merged"]), fmt(s["images_per_s"], 1), fmt(s["train_min"], 1)])
+                    + [fmt(s["levels"][str(lv)], seeds=seeds) for lv in levels]
+                    + [fmt(s["merged"], seeds=seeds), fmt(s["images_per_s"], 1),
+                       fmt(s["train_min"], 1)])
     mids = sorted({m for v in variants for m in summary[v]["per_class"]},
                   key=lambda m: (summary[next(iter(variants))]["per_class"].get(
                       m, {"level": 99})["level"], _name(summary, m)))
@@ -194,23 +203,44 @@ def run(cmd: list[str], log_path: str) -> tuple[float, str]:
     return time.perf_counter() - start, text
 
 
+def _run_dir(args, variant: str, seed: int, level: int | None = None) -> str:
+    path = os.path.join(args.out, "runs", variant, f"seed{seed}")
+    return path if level is None else os.path.join(path, f"level{level}")
+
+
+def _train_command(args, data: dict, flags: list[str], model_dir: str, seed: int,
+                   level: int) -> list[str]:
+    overrides = ([f"--epochs={args.epochs}"] if args.epochs else []) + \
+        ([f"--steps_per_epoch={args.steps}"] if args.steps else [])
+    return [sys.executable, "train.py", f"--flagfile={args.flagfile}", f"--level={level}",
+            f"--records_dir={data['records']}", f"--model_dir={model_dir}", f"--seed={seed}",
+            "--export=false", *overrides, *flags]
+
+
+def saved_result(args, data: dict, variant: str, flags: list[str], seed: int,
+                 level: int) -> dict | None:
+    """The result.json of a run finished before with the same train.py command, else None."""
+    run_dir = _run_dir(args, variant, seed, level)
+    result_path = os.path.join(run_dir, "result.json")
+    if not os.path.exists(result_path):
+        return None
+    with open(result_path) as f:
+        saved = json.load(f)
+    train = _train_command(args, data, flags, os.path.join(run_dir, "model"), seed, level)
+    return saved if saved.get("command") == train[1:] else None
+
+
 def train_and_eval(args, data: dict, variant: str, flags: list[str], seed: int,
                    level: int) -> dict:
     """One run's result: {"mAP", "per_class", "images_per_s", "train_min", "eval_s"}."""
     py = sys.executable
-    run_dir = os.path.join(args.out, "runs", variant, f"seed{seed}", f"level{level}")
+    run_dir = _run_dir(args, variant, seed, level)
     model_dir, result_path = os.path.join(run_dir, "model"), os.path.join(run_dir, "result.json")
-    overrides = ([f"--epochs={args.epochs}"] if args.epochs else []) + \
-        ([f"--steps_per_epoch={args.steps}"] if args.steps else [])
-    train = [py, "train.py", f"--flagfile={args.flagfile}", f"--level={level}",
-             f"--records_dir={data['records']}", f"--model_dir={model_dir}", f"--seed={seed}",
-             "--export=false", *overrides, *flags]
-    if os.path.exists(result_path):
-        with open(result_path) as f:
-            saved = json.load(f)
-        if saved.get("command") == train[1:]:
-            print(f"{variant} seed {seed} level {level}: done before, {result_path}", flush=True)
-            return saved
+    train = _train_command(args, data, flags, model_dir, seed, level)
+    saved = saved_result(args, data, variant, flags, seed, level)
+    if saved is not None:
+        print(f"{variant} seed {seed} level {level}: done before, {result_path}", flush=True)
+        return saved
     shutil.rmtree(run_dir, ignore_errors=True)  # a run of other flags would be resumed
     os.makedirs(run_dir)
     train_s, log = run(train, os.path.join(run_dir, "train.log"))
@@ -233,11 +263,30 @@ def train_and_eval(args, data: dict, variant: str, flags: list[str], seed: int,
     return result
 
 
+def saved_merged_map(args, variant: str, seed: int, levels: list[int]) -> float | None:
+    """The merged mAP scored before for this variant and seed, if it is newer than every
+    level's result (a level trained again since makes it stale), else None."""
+    out_dir = _run_dir(args, variant, seed)
+    metrics = os.path.join(out_dir, "val_metrics.json")
+    results = [os.path.join(_run_dir(args, variant, seed, lv), "result.json") for lv in levels]
+    if not os.path.exists(metrics) or not all(os.path.exists(r) for r in results) or \
+            os.path.getmtime(metrics) < max(os.path.getmtime(r) for r in results):
+        return None
+    with open(metrics) as f:
+        return json.load(f)["mAP"]
+
+
 def merged_map(args, data: dict, variant: str, seed: int, model_dirs: dict[int, str]) -> float:
     """mAP of the merged submission of every level's model on the demo's validation images
-    (tools/demo.py's validation set), scored with python -m oid.metric."""
+    (tools/demo.py's validation set), scored with python -m oid.metric; the score of an
+    earlier call when no level has been trained since."""
     py = sys.executable
-    out_dir = os.path.join(args.out, "runs", variant, f"seed{seed}")
+    out_dir = _run_dir(args, variant, seed)
+    saved = saved_merged_map(args, variant, seed, sorted(model_dirs))
+    if saved is not None:
+        print(f"{variant} seed {seed} merged: done before, "
+              f"{os.path.join(out_dir, 'val_metrics.json')}", flush=True)
+        return saved
     submission = os.path.join(out_dir, "val_submission.csv.gz")
     run([py, "predict.py", *[f"--model=level{lv}={d}" for lv, d in sorted(model_dirs.items())],
          f"--images={os.path.join(data['val'], 'images')}", f"--data_dir={data['data']}",
@@ -271,6 +320,9 @@ def prepare_data(args) -> dict:
         sys.exit(f"--demo_out={args.demo_out}: no data/, records/ and levels.json there; run "
                  "`make demo` (or python tools/demo.py --out DIR) first, or leave --demo_out "
                  "out to make the data under --out")
+    if not have and args.report:
+        sys.exit(f"--report: no demo data under {base}, so no run to report; run the "
+                 "ablation without --report first")
     if not have:
         print(f"making the demo data under {base} ...", flush=True)
         demo.make_data(base, args.data_seed, args.images, test_split=False)
@@ -305,6 +357,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data_seed", type=int, default=0,
                         help="seed of the data made without --demo_out")
     parser.add_argument("--out", default="ablate_out", help="runs, logs and results")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tables of the runs already finished under --out "
+                             "(a figure over fewer seeds than --seeds says how many)")
     parser.add_argument("--json", help="write the results (every run and the summary) here")
     parser.add_argument("--markdown", help="write the tables as Markdown here")
     args = parser.parse_args(argv)
@@ -344,12 +399,23 @@ def main(argv=None) -> int:
         for v, flags in variants.items():
             entry = {"levels": {}}
             for level in levels:
-                entry["levels"][str(level)] = train_and_eval(args, data, v, flags, seed, level)
-            if all_levels:
+                if args.report:
+                    saved = saved_result(args, data, v, flags, seed, level)
+                    if saved is not None:
+                        entry["levels"][str(level)] = saved
+                else:
+                    entry["levels"][str(level)] = train_and_eval(args, data, v, flags, seed,
+                                                                 level)
+            if all_levels and args.report:
+                merged = saved_merged_map(args, v, seed, levels)
+                if merged is not None and len(entry["levels"]) == len(levels):
+                    entry["merged_mAP"] = merged
+            elif all_levels:
                 entry["merged_mAP"] = merged_map(
                     args, data, v, seed,
                     {lv: entry["levels"][str(lv)]["model_dir"] for lv in levels})
-            results[v][str(seed)] = entry
+            if entry["levels"]:
+                results[v][str(seed)] = entry
 
     summary = summarize(results, list(variants), levels)
     overrides = ([f"--epochs={args.epochs}"] if args.epochs else []) + \
@@ -357,10 +423,11 @@ def main(argv=None) -> int:
     header = (f"ablation on the demo data: {len(variants)} variants x seeds "
               f"{','.join(map(str, seeds))} x levels {','.join(map(str, levels))}, "
               f"{os.path.relpath(args.flagfile, ROOT)} {' '.join(overrides)}".rstrip()
+              + (", runs finished before (--report)" if args.report else "")
               + f"\nCPU {cpu_model()} ({os.cpu_count()} cores), "
               f"{(time.perf_counter() - start) / 60:.1f} min; mean ± std (sample) over seeds")
     print("\n" + header + "\n")
-    print(tables(summary, variants, levels))
+    print(tables(summary, variants, levels, seeds=len(seeds)))
     if not all_levels:
         print("(merged mAP: n/a, it needs every level; --levels all)")
     if args.json:
@@ -373,7 +440,8 @@ def main(argv=None) -> int:
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(header.replace("\n", "  \n") + "\n\n"
-                    + tables(summary, variants, levels, markdown=True) + "\n")
+                    + tables(summary, variants, levels, markdown=True, seeds=len(seeds))
+                    + "\n")
     return 0
 
 
