@@ -72,14 +72,24 @@ def quality_focal_loss_sum(cls_targets: tf.Tensor, logits: tf.Tensor, quality: t
     return tf.reduce_sum(loss * keep)
 
 
-def decoded_boxes(box_targets: tf.Tensor, deltas: tf.Tensor, anchors: tf.Tensor,
-                  variances: Sequence[float]) -> tuple[tf.Tensor, tf.Tensor]:
-    """(predicted, target) boxes [B, A, 4] (ymin, xmin, ymax, xmax) pixels, decoded from
-    [B, A, 4] deltas and targets against [A, 4] anchors. Where an anchor is not positive the
-    target decodes to the anchor itself (zero deltas), a valid box, so no NaN can arise."""
-    anchors = tf.cast(anchors, tf.float32)[None]
-    return (coder.decode(tf.cast(deltas, tf.float32), anchors, variances),
-            coder.decode(box_targets, anchors, variances))
+def positive_boxes(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tensor,
+                   anchors: tf.Tensor, variances: Sequence[float]
+                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The positive anchors' decoded boxes: (indices [P, 2] int64 (image, anchor) of the P
+    positives of the [B, A] targets, predicted [P, 4], target [P, 4]), boxes (ymin, xmin,
+    ymax, xmax) pixels decoded from the [B, A, 4] deltas and targets against the [A, 4]
+    anchors. Only the positives (tens of a batch's tens of thousands of anchors) are decoded:
+    over every anchor, GIoU and its gradient cost a CPU step more than the rest of the loss."""
+    indices = tf.where(cls_targets >= 0)
+    anchors = tf.gather(tf.cast(anchors, tf.float32), indices[:, 1])
+    return (indices,
+            coder.decode(_gather_nd(deltas, indices), anchors, variances),
+            coder.decode(_gather_nd(box_targets, indices), anchors, variances))
+
+
+def _gather_nd(values, indices: tf.Tensor) -> tf.Tensor:
+    # A tensor, not a variable: XLA compiles GatherNd but not a variable's ResourceGatherNd.
+    return tf.gather_nd(tf.cast(tf.convert_to_tensor(values), tf.float32), indices)
 
 
 def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tensor,
@@ -92,13 +102,12 @@ def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tens
       box_targets, deltas: [B, A, 4] encoded (ty, tx, th, tw).
       anchors: [A, 4] pixels and variances (the box coder's): needed by giou and diou.
     """
-    positive = tf.cast(cls_targets >= 0, tf.float32)
     if kind in ("giou", "diou"):
         if anchors is None or variances is None:
             raise ValueError(f"box_loss {kind} decodes boxes: pass the anchors and variances")
-        pred, target = decoded_boxes(box_targets, deltas, anchors, variances)
+        _, pred, target = positive_boxes(cls_targets, box_targets, deltas, anchors, variances)
         similarity = generalized_iou if kind == "giou" else distance_iou
-        return tf.reduce_sum((1.0 - similarity(pred, target)) * positive)
+        return tf.reduce_sum(1.0 - similarity(pred, target))
     diff = tf.abs(tf.cast(deltas, tf.float32) - box_targets)
     quadratic = tf.minimum(diff, delta)
     huber = 0.5 * quadratic ** 2 + delta * (diff - quadratic)
@@ -108,7 +117,7 @@ def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tens
         loss = huber
     else:
         raise ValueError(f"box_loss must be smooth_l1, huber, giou or diou, got {kind!r}")
-    return tf.reduce_sum(loss * positive[..., None])
+    return tf.reduce_sum(loss * tf.cast(cls_targets >= 0, tf.float32)[..., None])
 
 
 def retinanet_loss(cls_targets, box_targets, cls_logits, box_deltas, config: LossConfig,
@@ -127,8 +136,10 @@ def retinanet_loss(cls_targets, box_targets, cls_logits, box_deltas, config: Los
         raise ValueError(f"cls_loss {config.cls_loss} / box_loss {config.box_loss} decode "
                          "boxes: pass the anchors and variances")
     if config.cls_loss == "quality_focal":
-        pred, target = decoded_boxes(box_targets, box_deltas, anchors, variances)
-        quality = tf.where(cls_targets >= 0, aligned_iou(pred, target), 0.0)
+        indices, pred, target = positive_boxes(cls_targets, box_targets, box_deltas, anchors,
+                                               variances)
+        quality = tf.scatter_nd(indices, aligned_iou(pred, target),
+                                tf.shape(cls_targets, out_type=tf.int64))
         cls = quality_focal_loss_sum(cls_targets, cls_logits, quality, config.gamma)
     else:
         cls = focal_loss_sum(cls_targets, cls_logits, config.alpha, config.gamma)

@@ -78,3 +78,43 @@ def test_bad_names():
         LossConfig(cls_loss="varifocal")
     with pytest.raises(ValueError, match="box_loss"):
         LossConfig(box_loss="l2")
+
+
+def test_batch_without_positives_and_positives_in_the_second_image():
+    # No positive anywhere: no box loss; the quality focal loss sees 2 anchors x 2 classes of
+    # background, 4 x 0.25 ln2 = ln2.
+    none = np.full((1, 2), -1, np.int32)
+    out = retinanet_loss(none, BOX_T, LOGITS, DELTAS,
+                         LossConfig(box_loss="giou", cls_loss="quality_focal"), 1.0, ANCHORS, V)
+    assert float(out["box_loss"]) == 0.0
+    assert float(out["cls_loss"]) == pytest.approx(LN2, rel=1e-6)
+    # Image 0 without positives, image 1 the golden one: the quality target lands on image 1's
+    # anchor 0, so the sums are the golden ones plus image 0's ln2, in either order.
+    for order in ((none, CLS_T), (CLS_T, none)):
+        cls_t = np.concatenate(order)
+        box_t = np.concatenate([BOX_T if (c == CLS_T).all() else np.zeros_like(BOX_T)
+                                for c in order])
+        out = retinanet_loss(cls_t, box_t, np.zeros((2, 2, 2), np.float32),
+                             np.zeros((2, 2, 4), np.float32),
+                             LossConfig(box_loss="giou", cls_loss="quality_focal"), 1.0,
+                             ANCHORS, V)
+        assert float(out["cls_loss"]) == pytest.approx((0.127551 + 0.75 + 1.0) * LN2, rel=1e-5)
+        assert float(out["box_loss"]) == pytest.approx(1 - (1 / 7 - 2 / 9), rel=1e-5)
+
+
+def test_eager_and_xla_agree_with_gradients():
+    # The positives are gathered with a data-dependent count (tf.where): XLA pads it.
+    config = LossConfig(box_loss="giou", cls_loss="quality_focal")
+    deltas = tf.Variable(np.full((1, 2, 4), 0.1, np.float32))
+    logits = tf.Variable(np.full((1, 2, 2), 0.3, np.float32))
+
+    def loss_and_grads():
+        with tf.GradientTape() as tape:
+            loss = retinanet_loss(CLS_T, BOX_T, logits, deltas, config, 1.0, ANCHORS, V)["loss"]
+        return [loss, *tape.gradient(loss, [logits, deltas])]
+
+    eager = loss_and_grads()
+    compiled = tf.function(loss_and_grads, jit_compile=True)()
+    assert float(tf.reduce_sum(tf.abs(eager[2]))) > 0  # the box loss reaches the deltas
+    for a, b in zip(eager, compiled, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
