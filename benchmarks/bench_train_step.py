@@ -28,10 +28,11 @@ on a CPU-only machine, and our step is a plain tf.function.
 
 Assigners: our side runs once per --assigners entry (default iou,atss: boxes/assign.py,
 labeling in the train step as train.py does by default), each in its own process, and the
-table gives each one's images/s and its ratio to iou. --model demo measures demo.flags'
-model instead (small backbone, 64-channel FPN and 2x64 BatchNorm heads, anchors 16-256,
---image_size 256 --batch_size 4 suit it; keras-hub is then left out), where labeling is a
-larger share of the step. A second table times the labeling alone (label_batch on the same
+table gives each one's images/s and its ratio to the first. An entry may name its box loss
+too, atss+giou (default smooth_l1): GIoU decodes boxes, and this shows what that costs.
+--model demo measures demo.flags' model instead (small backbone, 64-channel FPN and 2x64
+BatchNorm heads, anchors 16-256, --image_size 256 --batch_size 4 suit it; keras-hub is then
+left out), where labeling is a larger share of the step. A second table times the labeling alone (label_batch on the same
 boxes, --label_steps calls after one that traces) for each assigner.
 
 Timing: --warmup steps (the first traces the function), then --steps steps, each
@@ -174,6 +175,7 @@ def run_labels(num_classes: int, image_size: int, batch_size: int, steps: int, m
     from boxes.anchors import generate_anchors
     from boxes.assign import LabelerConfig, add_targets
 
+    assigner = split_entry(assigner)[0]
     anchors_config = our_model_config(model, num_classes, image_size, "frozen").anchors
     anchors = tf.constant(generate_anchors(image_size, image_size, anchors_config))
     counts = anchors_config.level_counts(image_size, image_size)
@@ -193,6 +195,12 @@ def run_labels(num_classes: int, image_size: int, batch_size: int, steps: int, m
             "positives_per_image": positives / batch_size}
 
 
+def split_entry(entry: str) -> tuple[str, str]:
+    """An --assigners entry ASSIGNER[+BOX_LOSS] -> (assigner, box loss; smooth_l1 if none)."""
+    assigner, _, box_loss = entry.partition("+")
+    return assigner, box_loss or "smooth_l1"
+
+
 def run_ours(num_classes: int, image_size: int, batch_size: int, warmup: int, steps: int,
              backbone_bn: str, assigner: str = "iou", model: str = "resnet50") -> dict:
     import tensorflow as tf
@@ -201,10 +209,12 @@ def run_ours(num_classes: int, image_size: int, batch_size: int, warmup: int, st
     from engine.trainer import TrainConfig, Trainer
     from model.config import LossConfig
 
+    assigner, box_loss = split_entry(assigner)
     model_config = our_model_config(model, num_classes, image_size, backbone_bn)
     batch = synthetic_batch(image_size, batch_size, num_classes)
     with tempfile.TemporaryDirectory() as model_dir:
-        trainer = Trainer(tf.distribute.get_strategy(), model_config, LossConfig(),
+        trainer = Trainer(tf.distribute.get_strategy(), model_config,
+                          LossConfig(box_loss=box_loss),
                           TrainConfig(optimizer="adam", clipnorm=None), model_dir,
                           LabelerConfig(assigner=assigner))
         train_step = trainer._make_train_step()
@@ -379,7 +389,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1,
                         help="runs of each configuration, alternating; the median is reported")
     parser.add_argument("--assigners", default="iou,atss",
-                        help="anchor assigners of our side, comma-separated; ratios are to "
+                        help="anchor assigners of our side, comma-separated, each optionally "
+                             "with its box loss (atss+giou; default smooth_l1); ratios are to "
                              "the first")
     parser.add_argument("--model", choices=("resnet50", "demo"), default="resnet50",
                         help="our model: resnet50 (against keras-hub) or demo (demo.flags' "
@@ -407,9 +418,12 @@ def main() -> None:
     classes = [int(c) for c in args.classes.split(",")]
     assigners = [a for a in args.assigners.split(",") if a]
     from boxes.assign import ASSIGNERS
+    from model.config import BOX_LOSSES
 
-    if not assigners or set(assigners) - set(ASSIGNERS):
-        parser.error(f"--assigners={args.assigners}: choose from {', '.join(ASSIGNERS)}")
+    if not assigners or any(split_entry(a)[0] not in ASSIGNERS
+                            or split_entry(a)[1] not in BOX_LOSSES for a in assigners):
+        parser.error(f"--assigners={args.assigners}: choose from {', '.join(ASSIGNERS)}, each "
+                     f"optionally +{'/+'.join(BOX_LOSSES)}")
 
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
@@ -431,7 +445,7 @@ def main() -> None:
                 runs[(k, side)].append(measure(child, args, num_classes=k,
                                                assigner=assigner or "iou"))
     if args.label_steps:
-        for a in assigners:
+        for a in dict.fromkeys(split_entry(a)[0] for a in assigners):
             print(f"  labeling alone, {a} ...", file=sys.stderr, flush=True)
             labels[a] = measure("labels", args, num_classes=classes[0], assigner=a)
     flops = []
@@ -476,8 +490,9 @@ def main() -> None:
     runs_note = f"median of {args.repeat} alternating runs, " if args.repeat > 1 else ""
     print(f"({runs_note}{args.steps} steps timed after {args.warmup}, each configuration in a "
           f"fresh process; 1-minute load {load_before:.1f} before, {load_after:.1f} after.")
-    print(" ours: Trainer train step (labeling in the step + forward + focal/smooth-L1 + "
-          "backward + Adam), TrainConfig(optimizer=adam, clipnorm=None)"
+    print(" ours: Trainer train step (labeling in the step + forward + focal and the entry's "
+          "box loss, smooth-L1 unless +giou/+diou + backward + Adam), "
+          "TrainConfig(optimizer=adam, clipnorm=None)"
           + (", head_norm=none;" if args.model == "resnet50" else ";"))
     if keras_hub_version:
         print(f" keras-hub {keras_hub_version}: RetinaNetObjectDetector.fit, compile() "
@@ -498,14 +513,15 @@ def main() -> None:
                     f"{v:.3f}" for v in c["keras_hub"]["all_images_per_s"])
         print(line + ("." if k != classes[-1] else ".)"))
     if labels:
-        anchors = labels[base]["anchors"]
+        label_base = split_entry(base)[0]
+        anchors = labels[label_base]["anchors"]
         print(f"labeling alone (add_targets, {anchors} anchors, batch {b}, {args.label_steps} "
               f"calls after one that traces):")
         print(f"{'assigner':<10} {'ms/image':>9} {'ratio':>6} {'positives/image':>16}")
-        for a in assigners:
+        for a in labels:
             lab = labels[a]
             print(f"{a:<10} {lab['ms_per_image']:>9.2f} "
-                  f"{lab['ms_per_image'] / labels[base]['ms_per_image']:>6.2f} "
+                  f"{lab['ms_per_image'] / labels[label_base]['ms_per_image']:>6.2f} "
                   f"{lab['positives_per_image']:>16.1f}")
     if flops:
         by = {f["backbone"]: f for f in flops}
