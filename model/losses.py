@@ -94,18 +94,21 @@ def _gather_nd(values, indices: tf.Tensor) -> tf.Tensor:
 
 def box_loss_sum(cls_targets: tf.Tensor, box_targets: tf.Tensor, deltas: tf.Tensor,
                  kind: str, delta: float, anchors: tf.Tensor | None = None,
-                 variances: Sequence[float] | None = None) -> tf.Tensor:
+                 variances: Sequence[float] | None = None,
+                 decoded: tuple[tf.Tensor, tf.Tensor] | None = None) -> tf.Tensor:
     """Sum over positive anchors of the box loss: smooth-L1 or Huber summed over the 4
     encoded coordinates, or 1 - GIoU / 1 - DIoU of the decoded boxes.
 
     Args:
       box_targets, deltas: [B, A, 4] encoded (ty, tx, th, tw).
       anchors: [A, 4] pixels and variances (the box coder's): needed by giou and diou.
+      decoded: positive_boxes()'s (predicted, target) when the caller has them already.
     """
     if kind in ("giou", "diou"):
-        if anchors is None or variances is None:
+        if decoded is None and (anchors is None or variances is None):
             raise ValueError(f"box_loss {kind} decodes boxes: pass the anchors and variances")
-        _, pred, target = positive_boxes(cls_targets, box_targets, deltas, anchors, variances)
+        pred, target = decoded or positive_boxes(cls_targets, box_targets, deltas, anchors,
+                                                 variances)[1:]
         similarity = generalized_iou if kind == "giou" else distance_iou
         return tf.reduce_sum(1.0 - similarity(pred, target))
     diff = tf.abs(tf.cast(deltas, tf.float32) - box_targets)
@@ -135,9 +138,11 @@ def retinanet_loss(cls_targets, box_targets, cls_logits, box_deltas, config: Los
     if config.needs_decoded_boxes and (anchors is None or variances is None):
         raise ValueError(f"cls_loss {config.cls_loss} / box_loss {config.box_loss} decode "
                          "boxes: pass the anchors and variances")
+    decoded = None
     if config.cls_loss == "quality_focal":
         indices, pred, target = positive_boxes(cls_targets, box_targets, box_deltas, anchors,
                                                variances)
+        decoded = (pred, target)  # the GIoU/DIoU box loss needs the same boxes
         quality = tf.scatter_nd(indices, aligned_iou(pred, target),
                                 tf.shape(cls_targets, out_type=tf.int64))
         cls = quality_focal_loss_sum(cls_targets, cls_logits, quality, config.gamma)
@@ -145,5 +150,5 @@ def retinanet_loss(cls_targets, box_targets, cls_logits, box_deltas, config: Los
         cls = focal_loss_sum(cls_targets, cls_logits, config.alpha, config.gamma)
     cls = cls / normalizer
     box = box_loss_sum(cls_targets, box_targets, box_deltas, config.box_loss, config.box_delta,
-                       anchors, variances) / normalizer * config.box_weight
+                       anchors, variances, decoded) / normalizer * config.box_weight
     return {"loss": cls + box, "cls_loss": cls, "box_loss": box}
