@@ -307,7 +307,8 @@ class Inference:
     def _make_step(self, size: int):
         strategy = self.strategy
 
-        @tf.function
+        # No AutoGraph, as in the train step: nothing in it branches on a tensor in Python.
+        @tf.function(autograph=False)
         def step(batch):
             per_replica = strategy.run(self.replica_fn, args=(batch, size))
             return tf.nest.map_structure(lambda v: strategy.gather(v, axis=0), per_replica)
