@@ -57,13 +57,13 @@ def test_mirrored_two_devices_same_loss_and_gradients_as_one_device(norm, jit):
                               learning_rate=1e-3, jit_compile=JIT), "/tmp/unused_" + name)
             data = strategy.experimental_distribute_dataset(
                 tf.data.Dataset.from_tensors(batch))
-            @tf.function
+            @tf.function(autograph=False)
             def run(b):
                 losses, grads = strategy.run(trainer.replica_step, args=(b,))
                 return ({k: strategy.reduce("SUM", v, axis=None) for k, v in losses.items()},
                         [strategy.reduce("SUM", g, axis=None) for g in grads])
             losses, grads = run(next(iter(data)))
-            @tf.function
+            @tf.function(autograph=False)
             def apply(b):
                 strategy.run(lambda x: trainer._apply(trainer.replica_step(x)[1]), args=(b,))
             apply(next(iter(data)))

@@ -275,11 +275,14 @@ def build_inference_dataset(source: Source, canvases: Sequence[InputConfig],
     local_replicas = max(1, replicas // pipelines)
     group = per_replica * local_replicas
     ds = _source_dataset(source, input_context)
-    ds = ds.map(lambda i, loc, data: prepare_image(i, loc, data, canvases),
+    # Not converted by AutoGraph (which tf.data applies to every map function otherwise): the
+    # code branches on tensors with tf.cond only, and conversion is start-up time.
+    plain = tf.autograph.experimental.do_not_convert
+    ds = ds.map(plain(lambda i, loc, data: prepare_image(i, loc, data, canvases)),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     # One group of batches feeds every local replica once; padding the last group keeps
     # every step's shapes static (one trace) and gives every replica a batch.
-    ds = ds.batch(group).map(lambda b: pad_batch(b, group))
+    ds = ds.batch(group).map(plain(lambda b: pad_batch(b, group)))
     if local_replicas > 1:
         ds = ds.rebatch(per_replica)
     return ds.prefetch(AUTOTUNE)

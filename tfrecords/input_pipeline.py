@@ -321,6 +321,10 @@ def build_dataset(config: InputConfig,
     if config.is_training:
         ds = ds.shuffle(config.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
+    # Not converted by AutoGraph (which tf.data applies to every map function otherwise): the
+    # augmentation and the labelers branch on tensors with tf.cond only, and converting them
+    # took about 3 s of every training's start-up.
+    @tf.autograph.experimental.do_not_convert
     def prepare(i, s):
         example = preprocess_example(s, config, i)
         return example if label_fn is None else label_fn(example)

@@ -182,7 +182,8 @@ def test_labeling_in_pipeline_equals_labeling_in_train_step(tmp_path):
                                  variances=anchor_config.variances)
     for plain, with_targets in zip(build_dataset(config).take(3),
                                    build_dataset(config, label_fn=label_fn).take(3), strict=True):
-        step = tf.function(add_targets)(plain, anchors, LabelerConfig(), anchor_config.variances)
+        step = tf.function(add_targets, autograph=False)(plain, anchors, LabelerConfig(),
+                                                         anchor_config.variances)
         assert with_targets["cls_targets"].shape == (2, anchors.shape[0])
         np.testing.assert_array_equal(step["cls_targets"].numpy(),
                                       with_targets["cls_targets"].numpy())
