@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from oid.machine import cpu_model
 from tests import prewarmed
 from tests.train_fixtures import ENV
 
@@ -88,6 +89,26 @@ def test_summary_and_tables():
     assert "| atss | --assigner=atss | 0.500 ± 0.000 | 0.450 ± 0.000 | 9.0 ± 0.0 |" in md
 
 
+def test_the_header_names_the_cpus_the_runs_trained_on():
+    one = {"base": {"0": _run(0.4, 0.1, 0.3), "1": _run(0.6, 0.3, 0.5)}}
+    for entry in one["base"].values():
+        entry["levels"]["1"]["cpu"] = "AMD EPYC (family 25 model 17 stepping 1, avx2)"
+    assert ablate.trained_on(one) == \
+        "trained on CPU AMD EPYC (family 25 model 17 stepping 1, avx2)"
+    # A run saved before the CPU was recorded, and one from another host: the table mixes
+    # machines, and says so with the count of runs of each.
+    mixed = {"base": {**one["base"], "2": _run(0.5, 0.2, 0.4)},
+             "atss": {"0": _run(0.5, 0.2, 0.45)}}
+    mixed["atss"]["0"]["levels"]["1"]["cpu"] = "AMD EPYC (family 25 model 1, avx2)"
+    assert ablate.runs_per_cpu(mixed) == {
+        "AMD EPYC (family 25 model 1, avx2)": 1,
+        "AMD EPYC (family 25 model 17 stepping 1, avx2)": 2, "not recorded": 1}
+    assert ablate.trained_on(mixed) == (
+        "trained on several CPUs (mixed rounding): AMD EPYC (family 25 model 1, avx2) "
+        "(1 run); AMD EPYC (family 25 model 17 stepping 1, avx2) (2 runs); not recorded "
+        "(1 run)")
+
+
 def test_bad_arguments_name_the_flag(tmp_path):
     for argv, message in ((["--variant", "x"], "--variant 'x'"),
                           (["--seeds", "a"], "--seeds=a"),
@@ -124,9 +145,11 @@ def test_tiny_ablation_end_to_end(tmp_path):
         assert 0.0 <= run["levels"][level]["mAP"] <= 1.0
         assert run["levels"][level]["images_per_s"] > 0
         assert "--assigner=atss" in run["levels"][level]["command"]
+        assert run["levels"][level]["cpu"] == cpu_model()
     assert 0.0 <= run["merged_mAP"] <= 1.0
     assert "| atss | --assigner=atss --box_loss=giou |" in (tmp_path / "a.md").read_text()
     assert "level 1 mAP" in out.stdout and "per-class AP" in out.stdout
+    assert f"trained on CPU {cpu_model()}, " in out.stdout
     config = json.loads((tmp_path / "out" / "runs" / "atss" / "seed0" / "level1" / "model"
                          / "config.json").read_text())
     assert config["labeler"]["assigner"] == "atss" and config["train"]["epochs"] == 1

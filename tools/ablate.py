@@ -114,6 +114,31 @@ def training_rate(log_text: str) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def runs_per_cpu(results: dict) -> dict[str, int]:
+    """{CPU model: how many of the level runs in `results[variant][seed]["levels"]` trained on
+    it}; runs saved before result.json recorded it count under "not recorded"."""
+    counts: dict[str, int] = {}
+    for seeds in results.values():
+        for entry in seeds.values():
+            for run_result in entry["levels"].values():
+                cpu = run_result.get("cpu", "not recorded")
+                counts[cpu] = counts.get(cpu, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def trained_on(results: dict) -> str:
+    """"trained on CPU X" or, when the runs of one table trained on several CPUs (a resumed
+    ablation, another host of a cloud), each with its count of runs: their figures mix
+    machines that round differently."""
+    counts = runs_per_cpu(results)
+    if not counts:
+        return f"CPU {cpu_model()}"
+    if len(counts) == 1:
+        return f"trained on CPU {next(iter(counts))}"
+    return "trained on several CPUs (mixed rounding): " + "; ".join(
+        f"{cpu} ({n} run{'s' if n != 1 else ''})" for cpu, n in counts.items())
+
+
 def summarize(results: dict, variants: list[str], levels: list[int]) -> dict:
     """Per variant: mean ± std over seeds of each level's mAP, the merged mAP, images/s and
     train minutes, and of each class's AP. `results[variant][seed]` holds
@@ -255,7 +280,7 @@ def train_and_eval(args, data: dict, variant: str, flags: list[str], seed: int,
               "per_class": {m: {"name": c["name"], "ap": c["ap"]}
                             for m, c in metrics["per_class"].items()},
               "images_per_s": training_rate(log), "train_min": train_s / 60, "eval_s": eval_s,
-              "model_dir": model_dir}
+              "model_dir": model_dir, "cpu": cpu_model()}
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1)
     print(f"{variant} seed {seed} level {level}: mAP {result['mAP']:.4f}, train "
@@ -424,7 +449,7 @@ def main(argv=None) -> int:
               f"{','.join(map(str, seeds))} x levels {','.join(map(str, levels))}, "
               f"{os.path.relpath(args.flagfile, ROOT)} {' '.join(overrides)}".rstrip()
               + (", runs finished before (--report)" if args.report else "")
-              + f"\nCPU {cpu_model()} ({os.cpu_count()} cores), "
+              + f"\n{trained_on(results)}, {os.cpu_count()} cores here, "
               f"{(time.perf_counter() - start) / 60:.1f} min; mean ± std (sample) over seeds")
     print("\n" + header + "\n")
     print(tables(summary, variants, levels, seeds=len(seeds)))
@@ -432,7 +457,8 @@ def main(argv=None) -> int:
         print("(merged mAP: n/a, it needs every level; --levels all)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_model(), "cores": os.cpu_count(), "flagfile": args.flagfile,
+            json.dump({"cpu": cpu_model(), "trained_on": runs_per_cpu(results),
+                       "cores": os.cpu_count(), "flagfile": args.flagfile,
                        "epochs": args.epochs or None, "steps_per_epoch": args.steps or None,
                        "seeds": seeds, "levels": levels, "variants": variants,
                        "summary": summary, "runs": results,
