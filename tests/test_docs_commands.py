@@ -24,6 +24,7 @@ no category fails the test, so a new page's commands are run or explicitly excus
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
@@ -33,6 +34,7 @@ import sys
 
 import pytest
 
+from oid.machine import cpu_model
 from tests import prewarmed
 from tests.train_fixtures import ENV, REPO
 
@@ -154,6 +156,11 @@ def demo_tree(tmp_path_factory):
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     (tmp / "demo_stdout.txt").write_text(result.stdout)
+    # The demo's figures name the CPU they ran on (checked here rather than in a test of its
+    # own, which xdist could give the other worker, where this fixture would run again).
+    summary = json.loads((tmp / "demo_out" / "summary.json").read_text())
+    assert summary["cpu"] == cpu_model() and summary["cores"] == os.cpu_count()
+    assert f"CPU {cpu_model()}, {os.cpu_count()} cores" in result.stdout
     shutil.copy(tmp / "demo_out" / "levels.json", tmp / "demo_out" / "data" / "levels.json")
     shutil.copytree(tmp / "demo_out" / "models" / "level2", tmp / "runs" / "level2")
     return tmp

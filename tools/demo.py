@@ -36,6 +36,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from oid.machine import cpu_model  # noqa: E402
+
 VAL_FRACTION = 0.15  # the records' --val_fraction: the same ImageIDs are val for every level
 MAX_SIDE = 320
 # make_records.py --boxes_to_ancestors unless --no-boxes_to_ancestors (or the reverse): the
@@ -284,7 +286,7 @@ def main(argv=None) -> int:
     total = time.perf_counter() - total_start
     summary.update({"submission_mAP": submission_map, "validation_images": val_images,
                     "stages_s": {k: round(v, 1) for k, v in stages.items()},
-                    "total_s": round(total, 1)})
+                    "total_s": round(total, 1), "cpu": cpu_model(), "cores": os.cpu_count()})
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
 
@@ -294,6 +296,8 @@ def main(argv=None) -> int:
     print(f"merged submission on the {val_images} validation images (python -m oid.metric): "
           f"mAP {submission_map:.4f}")
     print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()))
+    # Another CPU rounds differently and runs at another speed: the figures name theirs.
+    print(f"CPU {summary['cpu']}, {summary['cores']} cores")
     print(f"total {total:.0f} s; submission {os.path.join(out, 'submission.csv.gz')}, "
           f"pictures in {os.path.join(out, 'visualized')}, figures in "
           f"{os.path.join(out, 'summary.json')}")
