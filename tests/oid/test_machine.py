@@ -27,7 +27,7 @@ def test_cpu_model_with_a_name_only_is_the_name(tmp_path):
 def test_cpu_isa_is_the_widest_level_the_flags_allow():
     assert cpu_isa("sse4_1 avx avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni "
                    "avx512_bf16") == "avx512_core_bf16"
-    # VNNI without BF16 (Cascade Lake, Zen 4 VMs that hide bf16): one level down.
+    # VNNI without BF16 (Cascade Lake): one level down.
     assert cpu_isa("avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni") == "avx512_core_vnni"
     # AVX-512 foundation without BW/VL (Knights Landing) is not oneDNN's avx512_core.
     assert cpu_isa("sse4_1 avx avx2 avx512f avx512cd") == "avx2"
